@@ -1,0 +1,36 @@
+//! The HTTP layer (axum): the seed's endpoints and the health probes. Handlers are thin: they
+//! parse and validate input, call [`ChatService`], and turn its errors into [`ApiError`]s.
+
+pub mod error;
+mod health;
+pub mod seed;
+
+use axum::Router;
+use axum::routing::get;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::service::ChatService;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The use cases.
+    pub service: ChatService,
+}
+
+/// The whole HTTP application.
+pub fn app(service: ChatService) -> Router {
+    Router::new()
+        .route("/send", get(seed::send))
+        .route("/send/", get(seed::send))
+        .route("/messages", get(seed::messages))
+        .route("/messages/", get(seed::messages))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .with_state(AppState { service })
+}

@@ -1,0 +1,320 @@
+//! The embedded broker: exchanges, queues and bindings in process memory, with the same
+//! semantics as the RabbitMQ back end (fanout group exchanges, bounded member inboxes, manual
+//! acks, redelivery of what a consumer left unacked, one active consumer per queue).
+//!
+//! It is not durable: a message it confirmed but the room had not stored yet is gone if the
+//! process dies. Acknowledged sends wait for the store (see the HTTP API), which narrows that window.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{
+    Acknowledge, Broker, BrokerError, Delivery, DeliveryStream, INBOX_MAX_LENGTH,
+};
+use crate::model::{Alias, RoomName};
+
+/// An in-process broker; cheap to share behind an `Arc`.
+#[derive(Default)]
+pub struct MemoryBroker {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Exchanges, queues and counters. A std mutex: every critical section is short and sync.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Fanout exchanges by name, each with the names of the queues bound to it.
+    exchanges: HashMap<String, BTreeSet<String>>,
+    queues: HashMap<String, Queue>,
+    /// Source of delivery tags and consumer ids.
+    next_id: u64,
+}
+
+struct Queue {
+    ready: VecDeque<Message>,
+    /// Delivered, not yet settled: tag → (consumer id, message).
+    unacked: HashMap<u64, (u64, Message)>,
+    /// Oldest messages are dropped beyond this length (member inboxes only).
+    max_length: Option<usize>,
+    /// The consumer allowed to take messages (single active consumer).
+    active_consumer: Option<u64>,
+    /// Wakes consumers waiting for a message or for their turn.
+    notify: Arc<Notify>,
+}
+
+#[derive(Clone)]
+struct Message {
+    body: Vec<u8>,
+    redelivered: bool,
+}
+
+impl Queue {
+    fn new(max_length: Option<usize>) -> Self {
+        Self {
+            ready: VecDeque::new(),
+            unacked: HashMap::new(),
+            max_length,
+            active_consumer: None,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    fn push(&mut self, body: Vec<u8>) {
+        self.ready.push_back(Message {
+            body,
+            redelivered: false,
+        });
+        if let Some(max) = self.max_length {
+            while self.ready.len() > max {
+                self.ready.pop_front();
+            }
+        }
+        self.notify.notify_waiters();
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl MemoryBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many messages wait (ready, not delivered) in a queue; for tests and diagnostics.
+    pub fn ready_count(&self, queue: &str) -> Option<usize> {
+        self.shared.state().queues.get(queue).map(|q| q.ready.len())
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn declare_room(&self, room: &RoomName, group_room: bool) -> Result<(), BrokerError> {
+        let mut state = self.shared.state();
+        let name = room.to_string();
+        state
+            .queues
+            .entry(name.clone())
+            .or_insert_with(|| Queue::new(None));
+        if group_room {
+            state
+                .exchanges
+                .entry(name.clone())
+                .or_default()
+                .insert(name);
+        }
+        Ok(())
+    }
+
+    async fn bind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
+        let mut state = self.shared.state();
+        let Some(bound) = state.exchanges.get_mut(room.as_str()) else {
+            return Err(BrokerError::Refused(format!("no exchange {room}")));
+        };
+        bound.insert(alias.to_string());
+        state
+            .queues
+            .entry(alias.to_string())
+            .or_insert_with(|| Queue::new(Some(INBOX_MAX_LENGTH as usize)));
+        Ok(())
+    }
+
+    async fn unbind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
+        if let Some(bound) = self.shared.state().exchanges.get_mut(room.as_str()) {
+            bound.remove(alias.as_str());
+        }
+        Ok(())
+    }
+
+    async fn delete_room(&self, room: &RoomName, _group_room: bool) -> Result<(), BrokerError> {
+        let mut state = self.shared.state();
+        state.exchanges.remove(room.as_str());
+        if let Some(queue) = state.queues.remove(room.as_str()) {
+            queue.notify.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn delete_inbox(&self, alias: &Alias) -> Result<(), BrokerError> {
+        let mut state = self.shared.state();
+        if let Some(queue) = state.queues.remove(alias.as_str()) {
+            queue.notify.notify_waiters();
+        }
+        for bound in state.exchanges.values_mut() {
+            bound.remove(alias.as_str());
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        room: &RoomName,
+        group_room: bool,
+        body: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        let mut state = self.shared.state();
+        let targets: Vec<String> = if group_room {
+            match state.exchanges.get(room.as_str()) {
+                Some(bound) => bound.iter().cloned().collect(),
+                None => return Err(BrokerError::Refused(format!("no exchange {room}"))),
+            }
+        } else {
+            vec![room.to_string()]
+        };
+        let mut routed = false;
+        for target in targets {
+            if let Some(queue) = state.queues.get_mut(&target) {
+                queue.push(body.clone());
+                routed = true;
+            }
+        }
+        if routed {
+            Ok(())
+        } else {
+            Err(BrokerError::Unroutable(room.to_string()))
+        }
+    }
+
+    async fn consume(&self, room: &RoomName) -> Result<Box<dyn DeliveryStream>, BrokerError> {
+        let mut state = self.shared.state();
+        state.next_id += 1;
+        let id = state.next_id;
+        let Some(queue) = state.queues.get(room.as_str()) else {
+            return Err(BrokerError::Refused(format!("no queue {room}")));
+        };
+        Ok(Box::new(MemoryDeliveries {
+            shared: self.shared.clone(),
+            queue: room.to_string(),
+            notify: queue.notify.clone(),
+            id,
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// One consumer of one queue; dropping it requeues what it had not acked.
+struct MemoryDeliveries {
+    shared: Arc<Shared>,
+    queue: String,
+    notify: Arc<Notify>,
+    /// This consumer's id (also the owner recorded on its unacked messages).
+    id: u64,
+}
+
+impl MemoryDeliveries {
+    /// Takes the next ready message if this consumer is (or can become) the active one.
+    /// `None` inside means "nothing yet"; an outer `None` means the queue is gone.
+    fn try_take(&self) -> Option<Option<Delivery>> {
+        let mut state = self.shared.state();
+        state.next_id += 1;
+        let tag = state.next_id;
+        let queue = state.queues.get_mut(&self.queue)?;
+        if queue.active_consumer.is_none() {
+            queue.active_consumer = Some(self.id);
+        }
+        if queue.active_consumer != Some(self.id) {
+            return Some(None);
+        }
+        let message = queue.ready.pop_front()?;
+        queue.unacked.insert(tag, (self.id, message.clone()));
+        let acker = MemoryAcker {
+            shared: self.shared.clone(),
+            queue: self.queue.clone(),
+            tag,
+        };
+        Some(Some(Delivery::new(
+            message.body,
+            message.redelivered,
+            Box::new(acker),
+        )))
+    }
+}
+
+#[async_trait]
+impl DeliveryStream for MemoryDeliveries {
+    async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_take() {
+                None => return None,
+                Some(Some(delivery)) => return Some(Ok(delivery)),
+                Some(None) => notified.await,
+            }
+        }
+    }
+}
+
+impl Drop for MemoryDeliveries {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        let Some(queue) = state.queues.get_mut(&self.queue) else {
+            return;
+        };
+        if queue.active_consumer == Some(self.id) {
+            queue.active_consumer = None;
+        }
+        let mut mine: Vec<u64> = queue
+            .unacked
+            .iter()
+            .filter(|(_, (owner, _))| *owner == self.id)
+            .map(|(tag, _)| *tag)
+            .collect();
+        mine.sort_unstable();
+        for tag in mine.into_iter().rev() {
+            if let Some((_, mut message)) = queue.unacked.remove(&tag) {
+                message.redelivered = true;
+                queue.ready.push_front(message);
+            }
+        }
+        queue.notify.notify_waiters();
+    }
+}
+
+struct MemoryAcker {
+    shared: Arc<Shared>,
+    queue: String,
+    tag: u64,
+}
+
+impl MemoryAcker {
+    fn settle(&self) -> Result<(), BrokerError> {
+        let mut state = self.shared.state();
+        let settled = state
+            .queues
+            .get_mut(&self.queue)
+            .and_then(|queue| queue.unacked.remove(&self.tag));
+        match settled {
+            Some(_) => Ok(()),
+            None => Err(BrokerError::Unavailable(
+                "delivery is no longer held by this consumer".into(),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Acknowledge for MemoryAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.settle()
+    }
+
+    async fn reject(self: Box<Self>) -> Result<(), BrokerError> {
+        self.settle()
+    }
+}

@@ -1,0 +1,189 @@
+//! The `mess-chat` binary: `serve` runs the service; `send` and `messages` talk to one over HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mess_chat::client::{Client, SendParams};
+use mess_chat::server::{Config, Server};
+use mess_chat::service::ServiceConfig;
+
+/// A message-based chat over RabbitMQ and MongoDB (or embedded back ends).
+#[derive(Parser)]
+#[command(name = "mess-chat", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the chat service.
+    Serve(ServeArgs),
+    /// Send a message through a running server.
+    Send(SendArgs),
+    /// Print a room's latest messages from a running server.
+    Messages(MessagesArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MESS_CHAT_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f. Unset: embedded broker.
+    #[arg(long, env = "MESS_CHAT_AMQP_URL")]
+    amqp_url: Option<String>,
+    /// MongoDB URL, e.g. mongodb://127.0.0.1:27017/?retryWrites=false. Unset: embedded store.
+    #[arg(long, env = "MESS_CHAT_MONGO_URL")]
+    mongo_url: Option<String>,
+    /// MongoDB database name.
+    #[arg(long, env = "MESS_CHAT_MONGO_DB", default_value = "mess_chat")]
+    mongo_db: String,
+    /// Directory of the embedded store.
+    #[arg(long, env = "MESS_CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Dev mode: the assignment-style endpoints are open without authentication.
+    #[arg(long, env = "MESS_CHAT_NO_AUTH")]
+    no_auth: bool,
+    /// Messages kept in each room's in-memory cache.
+    #[arg(long, env = "MESS_CHAT_CACHE_CAPACITY", default_value_t = 1000)]
+    cache_capacity: usize,
+    /// Log format: text or json.
+    #[arg(long, env = "MESS_CHAT_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct ServerArg {
+    /// Base URL of the mess-chat server.
+    #[arg(long, env = "MESS_CHAT_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Room to send to (created by its first message).
+    #[arg(long)]
+    room: String,
+    /// Your alias.
+    #[arg(long = "from")]
+    from_alias: String,
+    /// The other alias of a private room.
+    #[arg(long = "to")]
+    to_alias: Option<String>,
+    /// Send to (or create) a group room.
+    #[arg(long)]
+    group: bool,
+    /// The text.
+    message: String,
+}
+
+#[derive(Args)]
+struct MessagesArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Room to read.
+    #[arg(long)]
+    room: String,
+    /// How many of the newest messages.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/mess-chat"),
+        None => PathBuf::from("mess-chat-data"),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,lapin=warn,mongodb=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+        Command::Send(args) => {
+            let client = Client::new(args.server.server);
+            let params = SendParams {
+                room_name: args.room,
+                message: args.message,
+                from_alias: args.from_alias,
+                to_alias: args.to_alias,
+                group_room: Some(args.group),
+            };
+            let sent = client.send(&params).await?;
+            println!("{}", serde_json::to_string_pretty(&sent)?);
+            Ok(())
+        }
+        Command::Messages(args) => {
+            let client = Client::new(args.server.server);
+            for text in client.messages(&args.room, args.limit).await? {
+                println!("{text}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let config = Config {
+        listen: args.listen,
+        amqp_url: args.amqp_url,
+        mongo_url: args.mongo_url,
+        mongo_db: args.mongo_db,
+        data_dir: args.data_dir,
+        no_auth: args.no_auth,
+        service: ServiceConfig {
+            cache_capacity: args.cache_capacity,
+            store_wait: Duration::from_secs(3),
+        },
+    };
+    let broker = config.amqp_url.as_deref().unwrap_or("embedded (in-process)");
+    let store = match &config.mongo_url {
+        Some(url) => format!("{url} (database {})", config.mongo_db),
+        None => format!("embedded ({})", config.data_dir.display()),
+    };
+    tracing::info!(%broker, %store, "starting");
+    let server = Server::start(&config).await.context("cannot start")?;
+    println!("mess-chat listening on http://{}", server.addr());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await.context("shutdown")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,12 @@
+//! The data model: names, messages and room metadata. Pure data with serde derives; no I/O.
+
+mod message;
+mod meta;
+mod names;
+
+pub use message::{
+    ChatMessage, MAX_MESSAGE_BYTES, MESS_TYPE_RECEIVED, MESS_TYPE_SENT, MessageProperties,
+    MessageType, now,
+};
+pub use meta::{RoomListMeta, RoomMeta};
+pub use names::{Alias, MAX_NAME_LEN, NameError, RoomName};

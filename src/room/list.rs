@@ -1,0 +1,148 @@
+//! `RoomList`: the named list of rooms. `persist` and `restore` handle the list's own metadata,
+//! then every room's.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use super::{ChatRoom, RoomError};
+use crate::broker::Broker;
+use crate::model::{RoomListMeta, RoomName, now};
+use crate::store::Store;
+
+/// A named list of rooms, persisted as one metadata document plus each room's own documents.
+pub struct RoomList {
+    /// The list's name (its document's id in the store).
+    name: String,
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn Store>,
+    /// Cache capacity given to every restored room.
+    capacity: usize,
+    /// A std mutex: held only for short sync sections.
+    state: Mutex<ListState>,
+}
+
+struct ListState {
+    rooms: BTreeMap<RoomName, ChatRoom>,
+    create_time: DateTime<Utc>,
+    modify_time: DateTime<Utc>,
+}
+
+impl RoomList {
+    /// An empty list; call [`RoomList::restore`] to load a saved one.
+    pub fn new(
+        name: impl Into<String>,
+        broker: Arc<dyn Broker>,
+        store: Arc<dyn Store>,
+        capacity: usize,
+    ) -> Self {
+        let created = now();
+        Self {
+            name: name.into(),
+            broker,
+            store,
+            capacity,
+            state: Mutex::new(ListState {
+                rooms: BTreeMap::new(),
+                create_time: created,
+                modify_time: created,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, ListState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The list's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds a room; returns `false` (and keeps the existing one) if the name is taken.
+    pub fn add(&self, room: ChatRoom) -> bool {
+        let mut state = self.state();
+        if state.rooms.contains_key(room.name()) {
+            return false;
+        }
+        state.rooms.insert(room.name().clone(), room);
+        state.modify_time = now();
+        true
+    }
+
+    /// Removes and returns the room with this name.
+    pub fn remove(&self, name: &RoomName) -> Option<ChatRoom> {
+        let mut state = self.state();
+        let removed = state.rooms.remove(name);
+        if removed.is_some() {
+            state.modify_time = now();
+        }
+        removed
+    }
+
+    /// The room with this name.
+    pub fn find(&self, name: &RoomName) -> Option<ChatRoom> {
+        self.state().rooms.get(name).cloned()
+    }
+
+    /// Every room, in name order.
+    pub fn rooms(&self) -> Vec<ChatRoom> {
+        self.state().rooms.values().cloned().collect()
+    }
+
+    /// The list's metadata document.
+    pub fn meta(&self) -> RoomListMeta {
+        let state = self.state();
+        RoomListMeta {
+            name: self.name.clone(),
+            rooms: state.rooms.keys().cloned().collect(),
+            create_time: state.create_time,
+            modify_time: state.modify_time,
+        }
+    }
+
+    /// Saves the list's metadata, then every room (rooms with nothing dirty cost nothing).
+    pub async fn persist(&self) -> Result<(), RoomError> {
+        self.store.save_room_list(&self.meta()).await?;
+        for room in self.rooms() {
+            room.persist().await?;
+        }
+        Ok(())
+    }
+
+    /// Loads the list's metadata, then restores every room it names. A room whose metadata is
+    /// missing from the store is skipped with a warning.
+    pub async fn restore(&self) -> Result<(), RoomError> {
+        let Some(meta) = self.store.load_room_list(&self.name).await? else {
+            return Ok(());
+        };
+        {
+            let mut state = self.state();
+            state.create_time = meta.create_time;
+            state.modify_time = meta.modify_time;
+        }
+        for name in meta.rooms {
+            let room = ChatRoom::new(
+                name.clone(),
+                false,
+                placeholder_owner(),
+                None,
+                self.broker.clone(),
+                self.store.clone(),
+                self.capacity,
+            );
+            if room.restore().await? {
+                self.state().rooms.insert(name, room);
+            } else {
+                tracing::warn!(room = %name, "room list names a room the store does not have");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Owner of a room object before `restore` fills in the stored one.
+fn placeholder_owner() -> crate::model::Alias {
+    crate::model::Alias::new("restoring").expect("a valid alias")
+}

@@ -1,0 +1,129 @@
+//! Start-up and shutdown: picks the back ends from the configuration (once), starts the
+//! service, serves HTTP, and stops in order: HTTP first (in-flight sends finish), then the
+//! room consumers (each finishes the delivery it holds).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::broker::Broker;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::rmq::RabbitBroker;
+use crate::service::{ChatError, ChatService, ServiceConfig};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::mongo::MongoStore;
+use crate::store::{Store, StoreError};
+
+/// Everything `mess-chat serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen for HTTP.
+    pub listen: SocketAddr,
+    /// RabbitMQ URL; `None` runs the embedded in-process broker.
+    pub amqp_url: Option<String>,
+    /// MongoDB URL; `None` runs the embedded on-disk store.
+    pub mongo_url: Option<String>,
+    /// MongoDB database name.
+    pub mongo_db: String,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Dev mode: the assignment-style endpoints are open (the only mode until auth exists).
+    pub no_auth: bool,
+    /// Service tunables.
+    pub service: ServiceConfig,
+}
+
+/// What can stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The service could not restore its rooms.
+    #[error(transparent)]
+    Service(#[from] ChatError),
+    /// The listen address could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The broker the configuration names.
+pub fn broker(config: &Config) -> Arc<dyn Broker> {
+    match &config.amqp_url {
+        Some(url) => Arc::new(RabbitBroker::new(url.clone())),
+        None => Arc::new(MemoryBroker::new()),
+    }
+}
+
+/// The store the configuration names.
+pub async fn store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.mongo_url {
+        Some(url) => Arc::new(MongoStore::connect(url, &config.mongo_db).await?),
+        None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
+    })
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    service: ChatService,
+    stop_http: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Builds the back ends from `config`, binds `config.listen` and starts serving.
+    pub async fn start(config: &Config) -> Result<Self, ServerError> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let store = store(config).await?;
+        Self::start_with(listener, broker(config), store, config.service.clone()).await
+    }
+
+    /// Starts serving on `listener` with the given back ends.
+    pub async fn start_with(
+        listener: TcpListener,
+        broker: Arc<dyn Broker>,
+        store: Arc<dyn Store>,
+        service_config: ServiceConfig,
+    ) -> Result<Self, ServerError> {
+        let addr = listener.local_addr()?;
+        let service = ChatService::start(broker, store, service_config).await?;
+        let stop_http = CancellationToken::new();
+        let app = api::app(service.clone());
+        let http = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+                .into_future(),
+        );
+        tracing::info!(%addr, "listening");
+        Ok(Self {
+            addr,
+            service,
+            stop_http,
+            http,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The service behind the HTTP layer.
+    pub fn service(&self) -> &ChatService {
+        &self.service
+    }
+
+    /// Stops gracefully: no new requests, in-flight ones finish, then the consumers stop.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.stop_http.cancel();
+        let served = self.http.await.map_err(std::io::Error::other)?;
+        self.service.shutdown().await;
+        served
+    }
+}

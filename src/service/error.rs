@@ -1,0 +1,96 @@
+//! `ChatError`: every way a use case can fail, in words a client can act on. The HTTP layer maps
+//! each variant to one status code.
+
+use crate::broker::BrokerError;
+use crate::model::{Alias, MAX_MESSAGE_BYTES, NameError, RoomName};
+use crate::room::RoomError;
+use crate::store::StoreError;
+
+/// What a [`super::ChatService`] call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// A parameter is missing or malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A room name or alias breaks the name rules.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The message text is over the limit.
+    #[error("message is {0} bytes long; the limit is {MAX_MESSAGE_BYTES} bytes")]
+    MessageTooLarge(usize),
+    /// No room by that name.
+    #[error("no room named {0}")]
+    RoomNotFound(RoomName),
+    /// The alias may not take part in the room.
+    #[error("{alias} is not a member of room {room}")]
+    NotAMember {
+        /// The room.
+        room: RoomName,
+        /// The alias.
+        alias: Alias,
+    },
+    /// A private room already has its two members.
+    #[error("room {room} is a private room of {members}; it cannot take a third alias")]
+    PrivateRoomFull {
+        /// The room.
+        room: RoomName,
+        /// Its two members, for the message.
+        members: String,
+    },
+    /// The request contradicts the room's kind (group or private).
+    #[error("room {room} is a {actual} room, not a {asked} room")]
+    KindConflict {
+        /// The room.
+        room: RoomName,
+        /// What the room is.
+        actual: &'static str,
+        /// What the request said.
+        asked: &'static str,
+    },
+    /// Rooms and aliases share one namespace (both name queues); this name is taken.
+    #[error("{0}")]
+    NameTaken(String),
+    /// The operation conflicts with the room's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The broker or the store cannot be used right now; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A fault of the service itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<BrokerError> for ChatError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unavailable(_) | BrokerError::Nacked => ChatError::Unavailable(e.to_string()),
+            BrokerError::Unroutable(_) | BrokerError::Refused(_) => ChatError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ChatError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => ChatError::Unavailable(e.to_string()),
+            StoreError::Malformed(_) => ChatError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<RoomError> for ChatError {
+    fn from(e: RoomError) -> Self {
+        match e {
+            RoomError::NotAMember { room, alias } => ChatError::NotAMember { room, alias },
+            RoomError::EmptyMessage => ChatError::BadRequest(e.to_string()),
+            RoomError::MessageTooLarge(n) => ChatError::MessageTooLarge(n),
+            RoomError::NotAGroupRoom(_) | RoomError::OwnerCannotLeave(_) => {
+                ChatError::Conflict(e.to_string())
+            }
+            RoomError::WrongRoom(_) => ChatError::Internal(e.to_string()),
+            RoomError::Broker(e) => e.into(),
+            RoomError::Store(e) => e.into(),
+        }
+    }
+}

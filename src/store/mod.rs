@@ -1,0 +1,79 @@
+//! The store layer: one [`Store`] trait, two back ends.
+//!
+//! - [`mongo::MongoStore`]: MongoDB through the official `mongodb` crate (the only module that
+//!   imports it). One collection per room, named after the room, holding one metadata document
+//!   (`_id: "meta"`) and one document per message; plus a `_room_list` collection.
+//! - [`embedded::EmbeddedStore`]: the same logical layout in one `redb` file on disk.
+//!
+//! Message writes are idempotent by message id: writing a message whose id is already stored
+//! changes nothing and returns the stored copy (with its first sequence number).
+
+pub mod embedded;
+pub mod mongo;
+
+use async_trait::async_trait;
+
+use crate::model::{ChatMessage, RoomListMeta, RoomMeta, RoomName};
+
+/// What can go wrong talking to the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or failed the operation; try again later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored document does not have the shape this service writes.
+    #[error("stored document is malformed: {0}")]
+    Malformed(String),
+}
+
+/// The outcome of an idempotent message write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The message was new and is now stored.
+    New,
+    /// A message with this id was already stored; here it is, as first stored.
+    Existing(ChatMessage),
+}
+
+/// Durable storage for rooms, messages and the room list.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Saves (replaces) the room list's metadata.
+    async fn save_room_list(&self, meta: &RoomListMeta) -> Result<(), StoreError>;
+
+    /// Loads the room list's metadata, if it was ever saved.
+    async fn load_room_list(&self, name: &str) -> Result<Option<RoomListMeta>, StoreError>;
+
+    /// Saves (replaces) a room's metadata document.
+    async fn save_room(&self, meta: &RoomMeta) -> Result<(), StoreError>;
+
+    /// Loads a room's metadata document, if the room exists.
+    async fn load_room(&self, room: &RoomName) -> Result<Option<RoomMeta>, StoreError>;
+
+    /// Deletes a room: its metadata and all its messages.
+    async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError>;
+
+    /// Stores one message, idempotently by its id.
+    async fn insert_message(&self, message: &ChatMessage) -> Result<Inserted, StoreError>;
+
+    /// The room's `limit` messages with the highest sequence numbers, oldest first.
+    async fn latest_messages(
+        &self,
+        room: &RoomName,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// Up to `limit` messages numbered below `before`, the closest to it, oldest first.
+    async fn messages_before(
+        &self,
+        room: &RoomName,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// The highest sequence number stored for the room (0 when it has no messages).
+    async fn last_sequence(&self, room: &RoomName) -> Result<u64, StoreError>;
+
+    /// Checks that the store answers now.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
