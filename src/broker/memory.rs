@@ -92,6 +92,21 @@ impl MemoryBroker {
         Self::default()
     }
 
+    fn consume_queue(&self, name: &str) -> Result<Box<dyn DeliveryStream>, BrokerError> {
+        let mut state = self.shared.state();
+        state.next_id += 1;
+        let id = state.next_id;
+        let Some(queue) = state.queues.get(name) else {
+            return Err(BrokerError::Refused(format!("no queue {name}")));
+        };
+        Ok(Box::new(MemoryDeliveries {
+            shared: self.shared.clone(),
+            queue: name.to_string(),
+            notify: queue.notify.clone(),
+            id,
+        }))
+    }
+
     /// How many messages wait (ready, not delivered) in a queue; for tests and diagnostics.
     pub fn ready_count(&self, queue: &str) -> Option<usize> {
         self.shared.state().queues.get(queue).map(|q| q.ready.len())
@@ -187,18 +202,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn consume(&self, room: &RoomName) -> Result<Box<dyn DeliveryStream>, BrokerError> {
-        let mut state = self.shared.state();
-        state.next_id += 1;
-        let id = state.next_id;
-        let Some(queue) = state.queues.get(room.as_str()) else {
-            return Err(BrokerError::Refused(format!("no queue {room}")));
-        };
-        Ok(Box::new(MemoryDeliveries {
-            shared: self.shared.clone(),
-            queue: room.to_string(),
-            notify: queue.notify.clone(),
-            id,
-        }))
+        self.consume_queue(room.as_str())
+    }
+
+    async fn consume_inbox(&self, alias: &Alias) -> Result<Box<dyn DeliveryStream>, BrokerError> {
+        self.consume_queue(alias.as_str())
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -70,6 +70,9 @@ pub trait Broker: Send + Sync + 'static {
     /// room queue is active at a time (single active consumer).
     async fn consume(&self, room: &RoomName) -> Result<Box<dyn DeliveryStream>, BrokerError>;
 
+    /// Starts consuming `alias`'s inbox queue (a copy of every message of its group rooms).
+    async fn consume_inbox(&self, alias: &Alias) -> Result<Box<dyn DeliveryStream>, BrokerError>;
+
     /// Checks that the broker can be used now (connecting if need be).
     async fn ping(&self) -> Result<(), BrokerError>;
 }

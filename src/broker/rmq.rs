@@ -295,6 +295,21 @@ impl Broker for RabbitBroker {
     }
 
     async fn consume(&self, room: &RoomName) -> Result<Box<dyn DeliveryStream>, BrokerError> {
+        self.consume_queue(room.as_str()).await
+    }
+
+    async fn consume_inbox(&self, alias: &Alias) -> Result<Box<dyn DeliveryStream>, BrokerError> {
+        self.consume_queue(alias.as_str()).await
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        self.link().await.map(|_| ())
+    }
+}
+
+impl RabbitBroker {
+    /// A consumer of `queue` on a channel of its own, with manual acks and a prefetch window.
+    async fn consume_queue(&self, queue: &str) -> Result<Box<dyn DeliveryStream>, BrokerError> {
         let link = self.link().await?;
         let result = async {
             let channel = link.connection.create_channel().await?;
@@ -303,7 +318,7 @@ impl Broker for RabbitBroker {
                 .await?;
             let consumer = channel
                 .basic_consume(
-                    room.as_str().into(),
+                    queue.into(),
                     "".into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
@@ -316,10 +331,6 @@ impl Broker for RabbitBroker {
             Ok(deliveries) => Ok(Box::new(deliveries)),
             Err(e) => Err(self.error(&link, e)),
         }
-    }
-
-    async fn ping(&self) -> Result<(), BrokerError> {
-        self.link().await.map(|_| ())
     }
 }
 

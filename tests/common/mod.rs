@@ -1,0 +1,181 @@
+//! Shared test harness: the back ends (embedded, or the real RabbitMQ and MongoDB-protocol
+//! server), unique names so tests run in parallel, a server on an ephemeral port, and cleanup.
+//!
+//! The real back ends are found through `MESS_CHAT_AMQP_URL` and `MESS_CHAT_MONGO_URL`, which
+//! `scripts/test.sh` sets after starting the services. A test that needs them and does not find
+//! them fails: a missing service is never a skip.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use mess_chat::broker::Broker;
+use mess_chat::broker::memory::MemoryBroker;
+use mess_chat::broker::rmq::RabbitBroker;
+use mess_chat::client::Client;
+use mess_chat::model::{Alias, RoomName};
+use mess_chat::server::Server;
+use mess_chat::service::ServiceConfig;
+use mess_chat::store::Store;
+use mess_chat::store::embedded::EmbeddedStore;
+use mess_chat::store::mongo::MongoStore;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+const HOW_TO: &str = "run the suite with scripts/test.sh, which starts RabbitMQ and SecantusDB \
+                      and exports their URLs";
+
+/// URL of the real RabbitMQ.
+pub fn amqp_url() -> String {
+    std::env::var("MESS_CHAT_AMQP_URL").unwrap_or_else(|_| panic!("MESS_CHAT_AMQP_URL unset: {HOW_TO}"))
+}
+
+/// URL of the real MongoDB-protocol server.
+pub fn mongo_url() -> String {
+    std::env::var("MESS_CHAT_MONGO_URL").unwrap_or_else(|_| panic!("MESS_CHAT_MONGO_URL unset: {HOW_TO}"))
+}
+
+/// A name no other test uses: `prefix-` and 12 hex digits.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A unique, valid room name.
+pub fn room(prefix: &str) -> RoomName {
+    RoomName::new(unique(prefix)).expect("valid room name")
+}
+
+/// A unique, valid alias.
+pub fn alias(prefix: &str) -> Alias {
+    Alias::new(unique(prefix)).expect("valid alias")
+}
+
+/// Which back ends a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In-process broker and redb store in a temporary directory.
+    Embedded,
+    /// RabbitMQ and the MongoDB-protocol server, in a database of the test's own.
+    Real,
+}
+
+/// One test's back ends. Restarting a server reopens the store and keeps the broker, as a real
+/// deployment would.
+pub struct Env {
+    pub backend: Backend,
+    /// The broker (the embedded one lives as long as the `Env`, like a broker process).
+    pub broker: Arc<dyn Broker>,
+    /// The test's own database (real back end).
+    pub mongo_db: String,
+    /// The embedded store's directory.
+    pub data_dir: TempDir,
+}
+
+impl Env {
+    pub fn new(backend: Backend) -> Self {
+        let broker: Arc<dyn Broker> = match backend {
+            Backend::Embedded => Arc::new(MemoryBroker::new()),
+            Backend::Real => Arc::new(RabbitBroker::new(amqp_url())),
+        };
+        Self {
+            backend,
+            broker,
+            mongo_db: unique("mctest").replace('-', "_"),
+            data_dir: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    /// Opens the store (a fresh handle each time).
+    pub async fn store(&self) -> Arc<dyn Store> {
+        match self.backend {
+            Backend::Embedded => Arc::new(EmbeddedStore::open(self.data_dir.path()).expect("embedded store")),
+            Backend::Real => Arc::new(self.mongo().await),
+        }
+    }
+
+    /// A handle on the test's MongoDB database.
+    pub async fn mongo(&self) -> MongoStore {
+        MongoStore::connect(&mongo_url(), &self.mongo_db)
+            .await
+            .expect("MongoDB URL parses")
+    }
+
+    /// Removes what the test left on the shared servers: its queues and exchanges, its database.
+    pub async fn cleanup(&self, rooms: &[(RoomName, bool)], aliases: &[Alias]) {
+        for (room, group_room) in rooms {
+            let _ = self.broker.delete_room(room, *group_room).await;
+        }
+        for alias in aliases {
+            let _ = self.broker.delete_inbox(alias).await;
+        }
+        if self.backend == Backend::Real {
+            self.mongo().await.drop_database().await.expect("drop test database");
+        }
+    }
+}
+
+/// A mess-chat server on an ephemeral port, with a client for it.
+pub struct TestServer {
+    pub env: Env,
+    pub server: Option<Server>,
+    pub client: Client,
+    pub config: ServiceConfig,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, ServiceConfig::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, config: ServiceConfig) -> Self {
+        let env = Env::new(backend);
+        let server = Self::spawn(&env, config.clone()).await;
+        let client = Client::new(format!("http://{}", server.addr()));
+        Self {
+            env,
+            server: Some(server),
+            client,
+            config,
+        }
+    }
+
+    async fn spawn(env: &Env, config: ServiceConfig) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        Server::start_with(listener, env.broker.clone(), env.store().await, config)
+            .await
+            .expect("server starts")
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.client.base(), path_and_query)
+    }
+
+    /// Stops the server gracefully and starts a new one on the same back ends.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let server = Self::spawn(&self.env, self.config.clone()).await;
+        self.client = Client::new(format!("http://{}", server.addr()));
+        self.server = Some(server);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("graceful stop");
+        }
+    }
+
+    /// Deletes every room the server knows (queues, exchanges, member inboxes) and the database.
+    pub async fn cleanup(mut self) {
+        let rooms = self.server().service().rooms().rooms();
+        let names: Vec<(RoomName, bool)> =
+            rooms.iter().map(|r| (r.name().clone(), r.group_room())).collect();
+        let mut aliases: Vec<Alias> = rooms.iter().flat_map(|r| r.members()).collect();
+        aliases.sort();
+        aliases.dedup();
+        self.stop().await;
+        self.env.cleanup(&names, &aliases).await;
+    }
+}
