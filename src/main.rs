@@ -82,7 +82,7 @@ struct SendArgs {
     /// The other alias of a private room.
     #[arg(long = "to")]
     to_alias: Option<String>,
-    /// Send to (or create) a group room.
+    /// Send to (or create) a group room; without it a new room is private.
     #[arg(long)]
     group: bool,
     /// The text.
@@ -129,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
                 message: args.message,
                 from_alias: args.from_alias,
                 to_alias: args.to_alias,
-                group_room: Some(args.group),
+                group_room: args.group.then_some(true),
             };
             let sent = client.send(&params).await?;
             println!("{}", serde_json::to_string_pretty(&sent)?);

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,23 @@ pub struct MessagesQuery {
     limit: Option<String>,
 }
 
+/// Refuses a query whose percent-encoded bytes are not UTF-8. (The query parser would silently
+/// turn them into U+FFFD, storing a text other than the one sent.)
+fn check_utf8(raw: &Option<String>) -> Result<(), ApiError> {
+    let Some(raw) = raw else { return Ok(()) };
+    for pair in raw.split('&') {
+        let bytes: Vec<u8> = percent_encoding::percent_decode_str(pair).collect();
+        if std::str::from_utf8(&bytes).is_err() {
+            let name = pair.split('=').next().unwrap_or_default();
+            return Err(ApiError::bad_request(format!(
+                "query parameter {:?} is not valid percent-encoded UTF-8",
+                name.chars().take(40).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn required(value: Option<String>, name: &str) -> Result<String, ApiError> {
     value
         .filter(|v| !v.is_empty())
@@ -74,8 +91,10 @@ fn alias(value: String) -> Result<Alias, ApiError> {
 /// 200 once stored, 202 once only confirmed by the broker.
 pub async fn send(
     State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
     query: Result<Query<SendQuery>, QueryRejection>,
 ) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
+    check_utf8(&raw)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let request = SendRequest {
         room_name: room_name(required(q.room_name, "room_name")?)?,
@@ -102,8 +121,10 @@ pub async fn send(
 /// `GET /messages/?room_name=&limit=`: the room's newest messages as texts, oldest first.
 pub async fn messages(
     State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
     query: Result<Query<MessagesQuery>, QueryRejection>,
 ) -> Result<Json<Vec<String>>, ApiError> {
+    check_utf8(&raw)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = room_name(required(q.room_name, "room_name")?)?;
     let limit = match optional(q.limit) {

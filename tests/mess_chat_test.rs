@@ -1,0 +1,398 @@
+//! The HTTP API end to end (the seed's `mess_chat_test`): a server on an ephemeral port, talked
+//! to over HTTP, on the embedded back ends and on the real RabbitMQ + MongoDB-protocol server.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Backend, TestServer, alias, room, unique};
+use mess_chat::client::{ClientError, SendParams};
+use mess_chat::model::{MAX_MESSAGE_BYTES, RoomName};
+use mess_chat::service::ServiceConfig;
+use serde_json::Value;
+
+/// Runs each named `async fn(Backend)` once per back end.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Embedded).await })*
+        }
+        mod real {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Real).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    sends_are_stored_in_order_and_listed_oldest_first,
+    private_room_holds_exactly_two_aliases,
+    group_room_adds_each_new_sender_as_a_member,
+    send_contradicting_the_room_kind_gets_409,
+    unicode_and_url_special_text_round_trips,
+    restart_restores_history_from_the_store,
+    bad_inputs_get_a_4xx_with_a_json_error,
+    message_at_the_size_limit_is_accepted_and_one_byte_more_is_413,
+    history_spans_cache_and_store_without_gap_or_duplicate,
+    health_and_readiness_report_ok,
+    rooms_and_aliases_share_one_namespace,
+    concurrent_first_sends_create_the_room_once,
+    cli_send_and_messages_talk_to_the_server,
+);
+
+fn group_send(room: &RoomName, from: &str, text: &str) -> SendParams {
+    SendParams {
+        room_name: room.to_string(),
+        message: text.into(),
+        from_alias: from.into(),
+        to_alias: None,
+        group_room: Some(true),
+    }
+}
+
+fn private_send(room: &RoomName, from: &str, to: &str, text: &str) -> SendParams {
+    SendParams {
+        room_name: room.to_string(),
+        message: text.into(),
+        from_alias: from.into(),
+        to_alias: Some(to.into()),
+        group_room: Some(false),
+    }
+}
+
+/// The status and error code of a refused call.
+fn refusal(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {
+    match result {
+        Err(ClientError::Status { status, body }) => {
+            let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+            assert!(
+                body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "error body without a message: {body}"
+            );
+            (status, code)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn sends_are_stored_in_order_and_listed_oldest_first(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("lobby");
+    let (ann, bob) = (alias("ann"), alias("bob"));
+    let texts = ["test message 1", "test message 2", "another message"];
+    for (i, text) in texts.iter().enumerate() {
+        let from = if i % 2 == 0 { &ann } else { &bob };
+        let sent = t.client.send(&group_send(&r, from.as_str(), text)).await.unwrap();
+        assert_eq!(sent.status, "stored");
+        let props = &sent.message.mess_props;
+        assert_eq!(props.sequence_number, Some(i as u64 + 1));
+        assert_eq!(props.from_user, *from);
+        assert_eq!(props.to_user, r.as_str(), "a group message goes to the room's exchange");
+        assert!(props.rec_time.is_some());
+    }
+    let listed = t.client.messages(r.as_str(), None).await.unwrap();
+    assert_eq!(listed, texts);
+    assert_eq!(t.client.messages(r.as_str(), Some(2)).await.unwrap(), texts[1..]);
+    t.cleanup().await;
+}
+
+async fn private_room_holds_exactly_two_aliases(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("dm");
+    let (ann, bob, eve) = (alias("ann"), alias("bob"), alias("eve"));
+    let first = t
+        .client
+        .send(&private_send(&r, ann.as_str(), bob.as_str(), "hi bob"))
+        .await
+        .unwrap();
+    assert_eq!(first.message.mess_props.to_user, bob.as_str());
+    // The other member answers, naming the recipient or not.
+    let mut reply = private_send(&r, bob.as_str(), ann.as_str(), "hi ann");
+    t.client.send(&reply).await.unwrap();
+    reply.to_alias = None;
+    reply.group_room = None;
+    let sent = t.client.send(&reply).await.unwrap();
+    assert_eq!(sent.message.mess_props.to_user, ann.as_str());
+
+    let third = t
+        .client
+        .send(&private_send(&r, eve.as_str(), ann.as_str(), "let me in"))
+        .await;
+    assert_eq!(refusal(third), (403, "private_room_full".into()));
+    let to_third = t
+        .client
+        .send(&private_send(&r, ann.as_str(), eve.as_str(), "wrong recipient"))
+        .await;
+    assert_eq!(refusal(to_third), (403, "private_room_full".into()));
+    assert_eq!(
+        t.client.messages(r.as_str(), None).await.unwrap(),
+        ["hi bob", "hi ann", "hi ann"]
+    );
+    let members = t.server().service().room(&r).unwrap().members();
+    assert_eq!(members.into_iter().collect::<BTreeSet<_>>(), BTreeSet::from([ann, bob]));
+    t.cleanup().await;
+}
+
+async fn group_room_adds_each_new_sender_as_a_member(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("club");
+    let senders = [alias("ann"), alias("bob"), alias("cat")];
+    for a in &senders {
+        t.client.send(&group_send(&r, a.as_str(), "hello")).await.unwrap();
+    }
+    let chat_room = t.server().service().room(&r).unwrap();
+    assert_eq!(chat_room.owner_alias(), senders[0]);
+    assert_eq!(chat_room.members(), senders.to_vec());
+    assert!(chat_room.group_room());
+    t.cleanup().await;
+}
+
+async fn send_contradicting_the_room_kind_gets_409(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let (g, p) = (room("grp"), room("prv"));
+    let (ann, bob) = (alias("ann"), alias("bob"));
+    t.client.send(&group_send(&g, ann.as_str(), "x")).await.unwrap();
+    t.client
+        .send(&private_send(&p, ann.as_str(), bob.as_str(), "x"))
+        .await
+        .unwrap();
+    let as_private = t
+        .client
+        .send(&private_send(&g, ann.as_str(), bob.as_str(), "x"))
+        .await;
+    assert_eq!(refusal(as_private), (409, "room_kind_conflict".into()));
+    let as_group = t.client.send(&group_send(&p, ann.as_str(), "x")).await;
+    assert_eq!(refusal(as_group), (409, "room_kind_conflict".into()));
+    t.cleanup().await;
+}
+
+async fn unicode_and_url_special_text_round_trips(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("intl");
+    let ann = alias("ann");
+    let texts = [
+        "héllo wörld — ünïcödé",
+        "日本語のメッセージ 🎉🚀",
+        "a&b=c?d#e%20f+g/h\\i",
+        "line one\nline two\ttabbed",
+        "<script>alert('x')</script> \"quoted\"",
+        "  leading and trailing spaces  ",
+        "nul\0inside",
+    ];
+    for text in texts {
+        let sent = t.client.send(&group_send(&r, ann.as_str(), text)).await.unwrap();
+        assert_eq!(sent.message.message, text);
+    }
+    assert_eq!(t.client.messages(r.as_str(), None).await.unwrap(), texts);
+    t.cleanup().await;
+}
+
+async fn restart_restores_history_from_the_store(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let (g, p) = (room("keep"), room("keepdm"));
+    let (ann, bob) = (alias("ann"), alias("bob"));
+    for i in 1..=5 {
+        t.client
+            .send(&group_send(&g, ann.as_str(), &format!("g{i}")))
+            .await
+            .unwrap();
+    }
+    t.client
+        .send(&private_send(&p, ann.as_str(), bob.as_str(), "secret"))
+        .await
+        .unwrap();
+
+    t.restart().await;
+
+    let expected: Vec<String> = (1..=5).map(|i| format!("g{i}")).collect();
+    assert_eq!(t.client.messages(g.as_str(), None).await.unwrap(), expected);
+    assert_eq!(t.client.messages(p.as_str(), None).await.unwrap(), ["secret"]);
+    let restored = t.server().service().room(&p).unwrap();
+    assert!(!restored.group_room());
+    assert_eq!(restored.members(), [ann.clone(), bob.clone()]);
+    // Numbering continues where it stopped; membership rules still hold.
+    let next = t.client.send(&group_send(&g, bob.as_str(), "g6")).await.unwrap();
+    assert_eq!(next.message.mess_props.sequence_number, Some(6));
+    let eve = alias("eve");
+    let third = t
+        .client
+        .send(&private_send(&p, eve.as_str(), ann.as_str(), "x"))
+        .await;
+    assert_eq!(refusal(third).0, 403);
+    t.cleanup().await;
+}
+
+async fn bad_inputs_get_a_4xx_with_a_json_error(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("bad");
+    let (ann, bob) = (alias("ann"), alias("bob"));
+    t.client.send(&group_send(&r, ann.as_str(), "exists")).await.unwrap();
+    let long_name = "n".repeat(65);
+    let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
+    let fresh = unique("fresh");
+    let cases: Vec<(String, u16, &str)> = vec![
+        (format!("/send/?message=hi&from_alias={ann}"), 400, "bad_request"),
+        (format!("/send/?room_name=&message=hi&from_alias={ann}"), 400, "bad_request"),
+        (format!("/send/?room_name=amq.gen&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
+        (format!("/send/?room_name=system.users&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
+        (format!("/send/?room_name=a%24b&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
+        (format!("/send/?room_name=a%00b&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
+        (format!("/send/?room_name=..%2F..&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
+        (format!("/send/?room_name={long_name}&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
+        (format!("/send/?room_name={r}&message=hi&group_room=true"), 400, "bad_request"),
+        (format!("/send/?room_name={r}&message=hi&from_alias=b%20d&group_room=true"), 400, "invalid_name"),
+        (format!("/send/?room_name={r}&message=hi&from_alias={ann}&to_alias=amq.x"), 400, "invalid_name"),
+        (format!("/send/?room_name={r}&from_alias={ann}&group_room=true"), 400, "bad_request"),
+        (format!("/send/?room_name={r}&message=&from_alias={ann}&group_room=true"), 400, "bad_request"),
+        (format!("/send/?room_name={r}&message={big}&from_alias={ann}&group_room=true"), 413, "message_too_large"),
+        (format!("/send/?room_name={r}&message=hi&from_alias={ann}&group_room=maybe"), 400, "bad_request"),
+        (format!("/send/?room_name={r}&message=%FF%FE&from_alias={ann}&group_room=true"), 400, "bad_request"),
+        (format!("/send/?room_name={fresh}&message=hi&from_alias={ann}"), 400, "bad_request"),
+        (format!("/send/?room_name={fresh}&message=hi&from_alias={bob}&to_alias={bob}"), 400, "bad_request"),
+        ("/messages/".to_string(), 400, "bad_request"),
+        (format!("/messages/?room_name={}", unique("nosuch")), 404, "room_not_found"),
+        (format!("/messages/?room_name={r}&limit=abc"), 400, "bad_request"),
+        (format!("/messages/?room_name={r}&limit=0"), 400, "bad_request"),
+        (format!("/messages/?room_name={r}&limit=100000"), 400, "bad_request"),
+        (format!("/messages/?room_name={r}&limit=-1"), 400, "bad_request"),
+        ("/no/such/endpoint".to_string(), 404, "not_found"),
+    ];
+    let http = reqwest::Client::new();
+    for (path, status, code) in cases {
+        let response = http.get(t.url(&path)).send().await.unwrap();
+        let got = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let shown: String = path.chars().take(100).collect();
+        assert_eq!(got, status, "{shown} → {body}");
+        assert_eq!(body["error"]["code"], code, "{shown} → {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let post = http.post(t.url("/send/")).send().await.unwrap();
+    assert_eq!(post.status().as_u16(), 405);
+    let body: Value = post.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    // Nothing of the refused sends got in; the fresh room was not created.
+    assert_eq!(t.client.messages(r.as_str(), None).await.unwrap(), ["exists"]);
+    assert_eq!(refusal(t.client.messages(&fresh, None).await).0, 404);
+    t.cleanup().await;
+}
+
+async fn message_at_the_size_limit_is_accepted_and_one_byte_more_is_413(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("big");
+    let ann = alias("ann");
+    // Multi-byte characters: the limit counts bytes of UTF-8, not characters.
+    let at_limit = "é".repeat(MAX_MESSAGE_BYTES / 2);
+    assert_eq!(at_limit.len(), MAX_MESSAGE_BYTES);
+    let sent = t.client.send(&group_send(&r, ann.as_str(), &at_limit)).await.unwrap();
+    assert_eq!(sent.message.message.len(), MAX_MESSAGE_BYTES);
+    let over = format!("{at_limit}x");
+    let refused = t.client.send(&group_send(&r, ann.as_str(), &over)).await;
+    assert_eq!(refusal(refused), (413, "message_too_large".into()));
+    assert_eq!(t.client.messages(r.as_str(), None).await.unwrap(), [at_limit]);
+    t.cleanup().await;
+}
+
+async fn history_spans_cache_and_store_without_gap_or_duplicate(backend: Backend) {
+    let config = ServiceConfig {
+        cache_capacity: 5,
+        ..ServiceConfig::default()
+    };
+    let mut t = TestServer::start_with(backend, config).await;
+    let r = room("long");
+    let ann = alias("ann");
+    for i in 1..=12 {
+        t.client
+            .send(&group_send(&r, ann.as_str(), &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(t.server().service().room(&r).unwrap().len(), 5);
+    let texts = |from: usize, to: usize| (from..=to).map(|i| format!("m{i}")).collect::<Vec<_>>();
+    for _ in 0..2 {
+        assert_eq!(t.client.messages(r.as_str(), Some(10)).await.unwrap(), texts(3, 12));
+        assert_eq!(t.client.messages(r.as_str(), Some(5)).await.unwrap(), texts(8, 12));
+        assert_eq!(t.client.messages(r.as_str(), Some(6)).await.unwrap(), texts(7, 12));
+        assert_eq!(t.client.messages(r.as_str(), Some(1000)).await.unwrap(), texts(1, 12));
+        t.restart().await;
+    }
+    t.cleanup().await;
+}
+
+async fn health_and_readiness_report_ok(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    for path in ["/healthz", "/readyz"] {
+        let response = reqwest::get(t.url(path)).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+    let ready: Value = reqwest::get(t.url("/readyz")).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["broker"], true);
+    assert_eq!(ready["store"], true);
+    t.cleanup().await;
+}
+
+async fn rooms_and_aliases_share_one_namespace(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("space");
+    let ann = alias("ann");
+    t.client.send(&group_send(&r, ann.as_str(), "x")).await.unwrap();
+    // A room may not be named after an alias in use (its queue is that alias's inbox)...
+    let as_room = RoomName::new(ann.as_str()).unwrap();
+    let refused = t.client.send(&group_send(&as_room, ann.as_str(), "x")).await;
+    assert_eq!(refusal(refused), (409, "name_taken".into()));
+    // ... nor may an alias be a room's name.
+    let refused = t.client.send(&group_send(&r, r.as_str(), "x")).await;
+    assert_eq!(refusal(refused), (409, "name_taken".into()));
+    let self_named = room("selfnamed");
+    let refused = t
+        .client
+        .send(&group_send(&self_named, self_named.as_str(), "x"))
+        .await;
+    assert_eq!(refusal(refused), (409, "name_taken".into()));
+    t.cleanup().await;
+}
+
+async fn concurrent_first_sends_create_the_room_once(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("rush");
+    let sends = (0..20).map(|i| {
+        let client = t.client.clone();
+        let params = group_send(&r, &format!("{}-{i}", unique("u")), &format!("m{i}"));
+        tokio::spawn(async move { client.send(&params).await })
+    });
+    let mut numbers = BTreeSet::new();
+    for send in sends.collect::<Vec<_>>() {
+        let sent = send.await.unwrap().unwrap();
+        numbers.insert(sent.message.mess_props.sequence_number.unwrap());
+    }
+    assert_eq!(numbers, (1..=20).collect::<BTreeSet<u64>>());
+    assert_eq!(t.server().service().rooms().rooms().len(), 1);
+    assert_eq!(t.server().service().room(&r).unwrap().members().len(), 20);
+    t.cleanup().await;
+}
+
+async fn cli_send_and_messages_talk_to_the_server(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("cli");
+    let (ann, bob) = (alias("ann"), alias("bob"));
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mess-chat"))
+            .args(args)
+            .env("MESS_CHAT_SERVER", t.client.base())
+            .output()
+            .expect("mess-chat runs");
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (ok, out) = cli(&["send", "--room", r.as_str(), "--from", ann.as_str(), "--to", bob.as_str(), "hello from the CLI"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"stored\""), "{out}");
+    let (ok, _) = cli(&["send", "--room", r.as_str(), "--from", bob.as_str(), "and back"]);
+    assert!(ok);
+    let (ok, out) = cli(&["messages", "--room", r.as_str()]);
+    assert!(ok);
+    assert_eq!(out, "hello from the CLI\nand back\n");
+    let (ok, _) = cli(&["send", "--room", r.as_str(), "--from", alias("eve").as_str(), "intruder"]);
+    assert!(!ok, "a refused send exits non-zero");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    t.cleanup().await;
+}

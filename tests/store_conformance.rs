@@ -1,0 +1,384 @@
+//! Conformance suite for the [`Store`] trait: every test is written once and runs on both back
+//! ends, the embedded redb file (in a temporary directory) and the real MongoDB-protocol server
+//! (in a database of the test's own, dropped at the end).
+//!
+//! `cargo test --test store_conformance` runs `embedded::<test>` and `real::<test>` for each.
+
+mod common;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use common::{Backend, Env};
+use futures_util::FutureExt;
+use mess_chat::model::{
+    Alias, ChatMessage, MessageProperties, MessageType, RoomListMeta, RoomMeta, RoomName,
+};
+use mess_chat::store::{Inserted, Store};
+
+/// Emits, for each named `async fn name(backend: Backend)`, one `#[tokio::test]` per back end.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Embedded).await
+                }
+            )*
+        }
+        mod real {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Real).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    room_metadata_round_trips_exactly,
+    an_unknown_room_or_list_loads_as_none,
+    room_list_metadata_round_trips_exactly,
+    insert_is_idempotent_by_message_id,
+    latest_messages_returns_the_newest_n_oldest_first,
+    messages_before_pages_backwards_without_gap_or_duplicate,
+    last_sequence_is_zero_for_an_empty_room_then_the_highest,
+    delete_room_removes_metadata_and_messages,
+    awkward_text_and_millisecond_times_round_trip_exactly,
+    rooms_are_isolated_from_each_other,
+    ping_succeeds,
+);
+
+/// Runs `test` on a fresh store of `backend`, then removes what it left (even if it panicked).
+async fn with_store<F, Fut>(backend: Backend, test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let env = Env::new(backend);
+    let outcome = AssertUnwindSafe(test(env.store().await))
+        .catch_unwind()
+        .await;
+    env.cleanup(&[], &[]).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A fixed instant with a non-zero millisecond part (the precision both stores keep).
+fn at(millis: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(millis).expect("a valid instant")
+}
+
+fn alias(name: &str) -> Alias {
+    Alias::new(name).expect("valid alias")
+}
+
+/// A message as the room's consumer stores it: received, numbered, not dirty.
+fn received(room: &RoomName, sequence: u64, text: &str) -> ChatMessage {
+    let mut props = MessageProperties::new_sent(room.clone(), alias("ann"), "bob".into());
+    props.mess_type = MessageType::Received;
+    props.rec_time = Some(props.sent_time + Duration::milliseconds(7));
+    props.sequence_number = Some(sequence);
+    ChatMessage {
+        message: text.to_string(),
+        mess_props: props,
+        dirty: false,
+    }
+}
+
+/// Stores messages numbered `from..=to` in `room`, in that order, and returns them.
+async fn insert_range(store: &dyn Store, room: &RoomName, from: u64, to: u64) -> Vec<ChatMessage> {
+    let mut stored = Vec::new();
+    for sequence in from..=to {
+        let message = received(room, sequence, &format!("message {sequence}"));
+        let outcome = store.insert_message(&message).await.expect("insert");
+        assert_eq!(outcome, Inserted::New, "message {sequence} is new");
+        stored.push(message);
+    }
+    stored
+}
+
+fn sequences(messages: &[ChatMessage]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m.mess_props.sequence_number.expect("stored messages are numbered"))
+        .collect()
+}
+
+fn room_meta(name: &RoomName, group_room: bool, members: &[&str]) -> RoomMeta {
+    RoomMeta {
+        name: name.clone(),
+        group_room,
+        owner_alias: alias(members[0]),
+        members: members.iter().map(|m| alias(m)).collect(),
+        create_time: at(1_700_000_000_123),
+        modify_time: at(1_700_000_456_789),
+    }
+}
+
+async fn room_metadata_round_trips_exactly(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("meta");
+        let group = room_meta(&room, true, &["ann", "bob", "carl-2", "d_e"]);
+        store.save_room(&group).await.expect("save");
+        assert_eq!(store.load_room(&room).await.expect("load"), Some(group));
+
+        // Saving again replaces the document: a private room with other members and times.
+        let mut private = room_meta(&room, false, &["zed", "amy"]);
+        private.modify_time = at(1_800_000_000_001);
+        store.save_room(&private).await.expect("save again");
+        assert_eq!(store.load_room(&room).await.expect("load"), Some(private));
+    })
+    .await
+}
+
+async fn an_unknown_room_or_list_loads_as_none(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("nowhere");
+        assert_eq!(store.load_room(&room).await.expect("load"), None);
+        let list = common::unique("no-list");
+        assert_eq!(store.load_room_list(&list).await.expect("load list"), None);
+    })
+    .await
+}
+
+async fn room_list_metadata_round_trips_exactly(backend: Backend) {
+    with_store(backend, |store| async move {
+        let name = common::unique("list");
+        let mut meta = RoomListMeta {
+            name: name.clone(),
+            rooms: vec![common::room("a"), common::room("b"), common::room("c")],
+            create_time: at(1_600_000_000_001),
+            modify_time: at(1_650_000_000_999),
+        };
+        meta.rooms.sort();
+        store.save_room_list(&meta).await.expect("save list");
+        assert_eq!(
+            store.load_room_list(&name).await.expect("load list"),
+            Some(meta.clone())
+        );
+
+        meta.rooms.remove(1);
+        meta.modify_time = at(1_660_000_000_042);
+        store.save_room_list(&meta).await.expect("save list again");
+        assert_eq!(
+            store.load_room_list(&name).await.expect("load list"),
+            Some(meta)
+        );
+    })
+    .await
+}
+
+async fn insert_is_idempotent_by_message_id(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("idem");
+        let first = received(&room, 1, "first copy");
+        assert_eq!(
+            store.insert_message(&first).await.expect("insert"),
+            Inserted::New
+        );
+
+        // A redelivery numbered again, with other content: the first copy wins.
+        let mut again = received(&room, 2, "second copy");
+        again.mess_props.id = first.mess_props.id;
+        assert_eq!(
+            store.insert_message(&again).await.expect("insert again"),
+            Inserted::Existing(first.clone())
+        );
+
+        assert_eq!(
+            store.latest_messages(&room, 10).await.expect("latest"),
+            vec![first.clone()]
+        );
+        assert_eq!(store.last_sequence(&room).await.expect("last"), 1);
+        assert_eq!(
+            store.messages_before(&room, 3, 10).await.expect("before"),
+            vec![first],
+            "the second copy must not be stored under its own number"
+        );
+    })
+    .await
+}
+
+async fn latest_messages_returns_the_newest_n_oldest_first(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("latest");
+        // Stored out of order: the store orders by sequence number, not by arrival.
+        let mut all = insert_range(&*store, &room, 4, 7).await;
+        all.splice(0..0, insert_range(&*store, &room, 1, 3).await);
+
+        let newest = store.latest_messages(&room, 3).await.expect("latest 3");
+        assert_eq!(newest, all[4..].to_vec());
+        assert_eq!(sequences(&newest), [5, 6, 7]);
+
+        let everything = store.latest_messages(&room, 100).await.expect("latest 100");
+        assert_eq!(everything, all);
+    })
+    .await
+}
+
+async fn messages_before_pages_backwards_without_gap_or_duplicate(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("pages");
+        let all = insert_range(&*store, &room, 1, 25).await;
+
+        let mut page = store.latest_messages(&room, 10).await.expect("latest");
+        let mut pages = vec![sequences(&page)];
+        let mut seen = page.clone();
+        while let Some(oldest) = page.first() {
+            let before = oldest.mess_props.sequence_number.expect("numbered");
+            page = store
+                .messages_before(&room, before, 10)
+                .await
+                .expect("before");
+            pages.push(sequences(&page));
+            seen.splice(0..0, page.iter().cloned());
+            assert!(pages.len() <= 5, "paging must end: {pages:?}");
+        }
+
+        assert_eq!(
+            pages,
+            vec![
+                (16..=25).collect::<Vec<u64>>(),
+                (6..=15).collect(),
+                (1..=5).collect(),
+                vec![],
+            ]
+        );
+        assert_eq!(seen, all, "the pages together are every message exactly once");
+    })
+    .await
+}
+
+async fn last_sequence_is_zero_for_an_empty_room_then_the_highest(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("lastseq");
+        assert_eq!(store.last_sequence(&room).await.expect("last"), 0);
+        store
+            .save_room(&room_meta(&room, false, &["ann", "bob"]))
+            .await
+            .expect("save");
+        assert_eq!(
+            store.last_sequence(&room).await.expect("last"),
+            0,
+            "metadata alone has no sequence number"
+        );
+
+        for sequence in [3, 1, 2] {
+            let message = received(&room, sequence, "x");
+            store.insert_message(&message).await.expect("insert");
+        }
+        assert_eq!(store.last_sequence(&room).await.expect("last"), 3);
+        store
+            .insert_message(&received(&room, 12, "y"))
+            .await
+            .expect("insert");
+        assert_eq!(store.last_sequence(&room).await.expect("last"), 12);
+    })
+    .await
+}
+
+async fn delete_room_removes_metadata_and_messages(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("delete");
+        store
+            .save_room(&room_meta(&room, true, &["ann"]))
+            .await
+            .expect("save");
+        let messages = insert_range(&*store, &room, 1, 3).await;
+
+        store.delete_room(&room).await.expect("delete");
+
+        assert_eq!(store.load_room(&room).await.expect("load"), None);
+        assert_eq!(store.latest_messages(&room, 10).await.expect("latest"), vec![]);
+        assert_eq!(store.messages_before(&room, 10, 10).await.expect("before"), vec![]);
+        assert_eq!(store.last_sequence(&room).await.expect("last"), 0);
+        // No trace of the ids either: the same message can be stored afresh.
+        assert_eq!(
+            store.insert_message(&messages[0]).await.expect("insert"),
+            Inserted::New
+        );
+        assert_eq!(
+            store.latest_messages(&room, 10).await.expect("latest"),
+            vec![messages[0].clone()]
+        );
+    })
+    .await
+}
+
+async fn awkward_text_and_millisecond_times_round_trip_exactly(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("text");
+        let texts = [
+            "héllo wörld — 👋🏽 你好 مرحبا שלום",
+            "https://example.org/a b?x=1&y=%20#frag/..\\%00+plus",
+            "before\0after\0",
+            "{\"$set\": {\"a.b\": 1}, \"$where\": \"1\"}",
+            "line\nbreak\ttab\r\n 'single' \"double\" <tag> `tick`",
+            " ",
+        ];
+        let mut stored = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let sequence = i as u64 + 1;
+            let mut message = received(&room, sequence, text);
+            message.mess_props.to_user = format!("zoë & co/?{sequence}\0");
+            message.mess_props.sent_time = at(1_700_000_000_001 + i as i64 * 111);
+            message.mess_props.rec_time = Some(at(1_700_000_000_999 + i as i64 * 111));
+            store.insert_message(&message).await.expect("insert");
+            stored.push(message);
+        }
+        // Times from the clock as the service takes them (truncated to milliseconds).
+        let mut now = received(&room, 7, "now");
+        now.mess_props.sent_time = mess_chat::model::now();
+        now.mess_props.rec_time = Some(mess_chat::model::now());
+        store.insert_message(&now).await.expect("insert");
+        stored.push(now);
+
+        let back = store.latest_messages(&room, 100).await.expect("latest");
+        assert_eq!(back.len(), stored.len());
+        for (back, sent) in back.iter().zip(&stored) {
+            assert_eq!(back, sent, "message {:?} must round-trip", sent.message);
+        }
+    })
+    .await
+}
+
+async fn rooms_are_isolated_from_each_other(backend: Backend) {
+    with_store(backend, |store| async move {
+        // One name is a prefix of the other, to catch range scans that leak across rooms.
+        let a = common::room("iso");
+        let b = RoomName::new(format!("{a}-b")).expect("valid room name");
+        let meta_a = room_meta(&a, true, &["ann"]);
+        let meta_b = room_meta(&b, false, &["bob", "cat"]);
+        store.save_room(&meta_a).await.expect("save a");
+        store.save_room(&meta_b).await.expect("save b");
+        let in_a = insert_range(&*store, &a, 1, 5).await;
+        let in_b = insert_range(&*store, &b, 1, 2).await;
+
+        assert_eq!(store.latest_messages(&a, 100).await.expect("a"), in_a);
+        assert_eq!(store.latest_messages(&b, 100).await.expect("b"), in_b);
+        assert_eq!(store.messages_before(&b, 100, 100).await.expect("b"), in_b);
+        assert_eq!(store.last_sequence(&a).await.expect("a"), 5);
+        assert_eq!(store.last_sequence(&b).await.expect("b"), 2);
+        assert_eq!(store.load_room(&b).await.expect("b"), Some(meta_b.clone()));
+
+        store.delete_room(&a).await.expect("delete a");
+        assert_eq!(store.load_room(&a).await.expect("a"), None);
+        assert_eq!(store.load_room(&b).await.expect("b"), Some(meta_b));
+        assert_eq!(store.latest_messages(&b, 100).await.expect("b"), in_b);
+    })
+    .await
+}
+
+async fn ping_succeeds(backend: Backend) {
+    with_store(backend, |store| async move {
+        store.ping().await.expect("ping");
+    })
+    .await
+}
