@@ -46,6 +46,7 @@ on_both_backends!(
     room_list_metadata_round_trips_exactly,
     insert_is_idempotent_by_message_id,
     latest_messages_returns_the_newest_n_oldest_first,
+    a_limit_of_zero_returns_no_messages,
     messages_before_pages_backwards_without_gap_or_duplicate,
     last_sequence_is_zero_for_an_empty_room_then_the_highest,
     delete_room_removes_metadata_and_messages,
@@ -219,6 +220,28 @@ async fn latest_messages_returns_the_newest_n_oldest_first(backend: Backend) {
 
         let everything = store.latest_messages(&room, 100).await.expect("latest 100");
         assert_eq!(everything, all);
+        assert_eq!(
+            store.latest_messages(&room, 1).await.expect("latest 1"),
+            all[6..].to_vec()
+        );
+    })
+    .await
+}
+
+async fn a_limit_of_zero_returns_no_messages(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("zero");
+        insert_range(&*store, &room, 1, 3).await;
+        assert_eq!(
+            store.latest_messages(&room, 0).await.expect("latest 0"),
+            vec![],
+            "latest_messages with a limit of 0 asks for no messages"
+        );
+        assert_eq!(
+            store.messages_before(&room, 3, 0).await.expect("before, 0"),
+            vec![],
+            "messages_before with a limit of 0 asks for no messages"
+        );
     })
     .await
 }

@@ -1,0 +1,347 @@
+//! Conformance suite for the [`Broker`] trait: every test is written once and runs on both back
+//! ends, the in-process broker and the real RabbitMQ (unique queue and exchange names, deleted at
+//! the end).
+//!
+//! `cargo test --test broker_conformance` runs `embedded::<test>` and `real::<test>` for each.
+//! Every wait is bounded, so a broker that never delivers fails the test instead of hanging it.
+
+mod common;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Backend, Env};
+use futures_util::FutureExt;
+use mess_chat::broker::{Broker, BrokerError, Delivery, DeliveryStream};
+use mess_chat::model::{Alias, RoomName};
+use tokio::time::timeout;
+
+/// Emits, for each named `async fn name(backend: Backend)`, one `#[tokio::test]` per back end.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Embedded).await
+                }
+            )*
+        }
+        mod real {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Real).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    an_acked_message_is_gone_for_the_next_consumer,
+    messages_come_out_in_publish_order,
+    an_unacked_delivery_is_redelivered_after_its_consumer_goes,
+    a_rejected_delivery_is_dropped_without_redelivery,
+    a_group_publish_reaches_the_room_queue_and_every_member_inbox,
+    an_unbound_member_no_longer_receives_group_messages,
+    publishing_to_an_undeclared_private_room_is_unroutable,
+    consuming_a_deleted_room_fails,
+    ping_succeeds,
+);
+
+/// Longest wait for a delivery that should come.
+const DELIVERY_WAIT: Duration = Duration::from_secs(10);
+/// How long to watch for a delivery that should not come.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Runs `test` with `backend`'s broker, then deletes the rooms' queues and exchanges and the
+/// aliases' inboxes (even if the test panicked).
+async fn with_broker<F, Fut>(
+    backend: Backend,
+    rooms: &[(RoomName, bool)],
+    aliases: &[Alias],
+    test: F,
+) where
+    F: FnOnce(Arc<dyn Broker>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let env = Env::new(backend);
+    let outcome = AssertUnwindSafe(test(env.broker.clone()))
+        .catch_unwind()
+        .await;
+    env.cleanup(rooms, aliases).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The next delivery, which must come within [`DELIVERY_WAIT`].
+async fn next_delivery(stream: &mut Box<dyn DeliveryStream>) -> Delivery {
+    timeout(DELIVERY_WAIT, stream.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the consumer is still open")
+        .expect("the delivery is not an error")
+}
+
+/// Asserts that nothing is delivered for [`QUIET`] (and that the consumer stays open).
+async fn assert_quiet(stream: &mut Box<dyn DeliveryStream>, what: &str) {
+    match timeout(QUIET, stream.next()).await {
+        Err(_elapsed) => {}
+        Ok(Some(Ok(delivery))) => panic!(
+            "{what}: unexpected delivery {:?}",
+            String::from_utf8_lossy(&delivery.body)
+        ),
+        Ok(other) => panic!("{what}: the consumer ended: {other:?}"),
+    }
+}
+
+/// The next delivery, which must carry `body` and have the given `redelivered` flag.
+async fn expect_body(stream: &mut Box<dyn DeliveryStream>, body: &[u8], redelivered: bool) -> Delivery {
+    let delivery = next_delivery(stream).await;
+    assert_eq!(
+        String::from_utf8_lossy(&delivery.body),
+        String::from_utf8_lossy(body)
+    );
+    assert_eq!(delivery.redelivered, redelivered, "redelivered flag");
+    delivery
+}
+
+async fn an_acked_message_is_gone_for_the_next_consumer(backend: Backend) {
+    let room = common::room("ack");
+    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
+        broker.declare_room(&room, false).await.expect("declare");
+        // Not JSON, not UTF-8: the broker carries bytes as they are.
+        let body = b"hello \x00\xff\xfe \xc3\xa9".to_vec();
+        broker.publish(&room, false, body.clone()).await.expect("publish");
+
+        let mut first = broker.consume(&room).await.expect("consume");
+        let delivery = next_delivery(&mut first).await;
+        assert_eq!(delivery.body, body);
+        assert!(!delivery.redelivered);
+        delivery.ack().await.expect("ack");
+        drop(first);
+
+        // A marker published after the ack must be the next consumer's first delivery: were the
+        // acked message still queued, it would come first.
+        broker
+            .publish(&room, false, b"marker".to_vec())
+            .await
+            .expect("publish marker");
+        let mut second = broker.consume(&room).await.expect("consume again");
+        expect_body(&mut second, b"marker", false)
+            .await
+            .ack()
+            .await
+            .expect("ack marker");
+        assert_quiet(&mut second, "after the ack").await;
+    })
+    .await
+}
+
+async fn messages_come_out_in_publish_order(backend: Backend) {
+    let room = common::room("order");
+    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
+        broker.declare_room(&room, false).await.expect("declare");
+        let bodies: Vec<Vec<u8>> = (1..=50).map(|i| format!("message {i}").into_bytes()).collect();
+        for body in &bodies {
+            broker.publish(&room, false, body.clone()).await.expect("publish");
+        }
+
+        let mut stream = broker.consume(&room).await.expect("consume");
+        let mut received = Vec::new();
+        for _ in &bodies {
+            let delivery = next_delivery(&mut stream).await;
+            received.push(delivery.body.clone());
+            delivery.ack().await.expect("ack");
+        }
+        assert_eq!(received, bodies);
+        assert_quiet(&mut stream, "after all 50").await;
+    })
+    .await
+}
+
+async fn an_unacked_delivery_is_redelivered_after_its_consumer_goes(backend: Backend) {
+    let room = common::room("redeliver");
+    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
+        broker.declare_room(&room, false).await.expect("declare");
+        broker
+            .publish(&room, false, b"keep me".to_vec())
+            .await
+            .expect("publish");
+
+        let mut first = broker.consume(&room).await.expect("consume");
+        let unacked = expect_body(&mut first, b"keep me", false).await;
+        // Neither acked nor rejected: dropping the consumer hands the message back. (RabbitMQ
+        // closes the channel in the background; the next delivery's bounded wait covers that.)
+        drop(unacked);
+        drop(first);
+
+        let mut second = broker.consume(&room).await.expect("consume again");
+        let again = expect_body(&mut second, b"keep me", true).await;
+        again.ack().await.expect("ack");
+        assert_quiet(&mut second, "after acking the redelivery").await;
+    })
+    .await
+}
+
+async fn a_rejected_delivery_is_dropped_without_redelivery(backend: Backend) {
+    let room = common::room("reject");
+    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
+        broker.declare_room(&room, false).await.expect("declare");
+        broker
+            .publish(&room, false, b"poison".to_vec())
+            .await
+            .expect("publish");
+
+        let mut first = broker.consume(&room).await.expect("consume");
+        expect_body(&mut first, b"poison", false)
+            .await
+            .reject()
+            .await
+            .expect("reject");
+        assert_quiet(&mut first, "after the reject").await;
+        drop(first);
+
+        broker
+            .publish(&room, false, b"marker".to_vec())
+            .await
+            .expect("publish marker");
+        let mut second = broker.consume(&room).await.expect("consume again");
+        expect_body(&mut second, b"marker", false)
+            .await
+            .ack()
+            .await
+            .expect("ack marker");
+        assert_quiet(&mut second, "after the marker").await;
+    })
+    .await
+}
+
+async fn a_group_publish_reaches_the_room_queue_and_every_member_inbox(backend: Backend) {
+    let room = common::room("group");
+    let (a, b) = (common::alias("ann"), common::alias("bob"));
+    let aliases = [a.clone(), b.clone()];
+    with_broker(backend, &[(room.clone(), true)], &aliases, |broker| async move {
+        broker.declare_room(&room, true).await.expect("declare");
+        broker.bind_member(&room, &a).await.expect("bind a");
+        broker.bind_member(&room, &b).await.expect("bind b");
+        // Declaring and binding again changes nothing (idempotent).
+        broker.declare_room(&room, true).await.expect("declare again");
+        broker.bind_member(&room, &a).await.expect("bind a again");
+
+        broker
+            .publish(&room, true, b"to everyone".to_vec())
+            .await
+            .expect("publish");
+
+        for (what, mut stream) in [
+            ("room queue", broker.consume(&room).await.expect("consume room")),
+            ("inbox a", broker.consume_inbox(&a).await.expect("consume a")),
+            ("inbox b", broker.consume_inbox(&b).await.expect("consume b")),
+        ] {
+            expect_body(&mut stream, b"to everyone", false)
+                .await
+                .ack()
+                .await
+                .expect("ack");
+            assert_quiet(&mut stream, what).await;
+        }
+    })
+    .await
+}
+
+async fn an_unbound_member_no_longer_receives_group_messages(backend: Backend) {
+    let room = common::room("unbind");
+    let (a, b) = (common::alias("ann"), common::alias("bob"));
+    let aliases = [a.clone(), b.clone()];
+    with_broker(backend, &[(room.clone(), true)], &aliases, |broker| async move {
+        broker.declare_room(&room, true).await.expect("declare");
+        broker.bind_member(&room, &a).await.expect("bind a");
+        broker.bind_member(&room, &b).await.expect("bind b");
+        let mut room_queue = broker.consume(&room).await.expect("consume room");
+        let mut inbox_a = broker.consume_inbox(&a).await.expect("consume a");
+        let mut inbox_b = broker.consume_inbox(&b).await.expect("consume b");
+
+        broker
+            .publish(&room, true, b"before".to_vec())
+            .await
+            .expect("publish");
+        for stream in [&mut room_queue, &mut inbox_a, &mut inbox_b] {
+            expect_body(stream, b"before", false).await.ack().await.expect("ack");
+        }
+
+        broker.unbind_member(&room, &b).await.expect("unbind b");
+        broker
+            .publish(&room, true, b"after".to_vec())
+            .await
+            .expect("publish");
+        for stream in [&mut room_queue, &mut inbox_a] {
+            expect_body(stream, b"after", false).await.ack().await.expect("ack");
+        }
+        assert_quiet(&mut inbox_b, "inbox of the unbound member").await;
+    })
+    .await
+}
+
+async fn publishing_to_an_undeclared_private_room_is_unroutable(backend: Backend) {
+    let room = common::room("nowhere");
+    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
+        match broker.publish(&room, false, b"lost".to_vec()).await {
+            Err(BrokerError::Unroutable(name)) => assert_eq!(name, room.as_str()),
+            other => panic!("expected Unroutable, got {other:?}"),
+        }
+        // The broker is still usable afterwards.
+        broker.declare_room(&room, false).await.expect("declare");
+        broker
+            .publish(&room, false, b"found".to_vec())
+            .await
+            .expect("publish after declaring");
+        let mut stream = broker.consume(&room).await.expect("consume");
+        expect_body(&mut stream, b"found", false)
+            .await
+            .ack()
+            .await
+            .expect("ack");
+    })
+    .await
+}
+
+async fn consuming_a_deleted_room_fails(backend: Backend) {
+    let room = common::room("deleted");
+    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
+        broker.declare_room(&room, false).await.expect("declare");
+        broker
+            .publish(&room, false, b"doomed".to_vec())
+            .await
+            .expect("publish");
+        broker.delete_room(&room, false).await.expect("delete");
+
+        let consumed = timeout(DELIVERY_WAIT, broker.consume(&room))
+            .await
+            .expect("consume answers in time");
+        assert!(
+            consumed.is_err(),
+            "consuming a deleted room must fail, not wait"
+        );
+        // Its messages went with it: publishing there is now unroutable.
+        assert!(matches!(
+            broker.publish(&room, false, b"late".to_vec()).await,
+            Err(BrokerError::Unroutable(_))
+        ));
+    })
+    .await
+}
+
+async fn ping_succeeds(backend: Backend) {
+    with_broker(backend, &[], &[], |broker| async move {
+        timeout(DELIVERY_WAIT, broker.ping())
+            .await
+            .expect("ping answers in time")
+            .expect("ping");
+    })
+    .await
+}

@@ -1,0 +1,340 @@
+//! The broker layer against the real RabbitMQ (the seed's `rmq_test`). What the service declares
+//! is checked from outside: by passive declares on a separate lapin connection and by
+//! `rabbitmqctl`; delivery guarantees by running the service's consumer over a store that can be
+//! made to fail.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{Backend, Env, TestServer, alias, room};
+use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use mess_chat::broker::rmq::RabbitBroker;
+use mess_chat::broker::{Broker, BrokerError};
+use mess_chat::client::SendParams;
+use mess_chat::model::{
+    Alias, ChatMessage, MessageProperties, RoomListMeta, RoomMeta, RoomName,
+};
+use mess_chat::service::{ChatService, SendOutcome, SendRequest, ServiceConfig};
+use mess_chat::store::{Inserted, Store, StoreError};
+
+/// A second, independent AMQP connection for looking at what the service declared.
+async fn observer() -> Connection {
+    Connection::connect(&common::amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable")
+}
+
+fn passive_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Whether a queue exists, and how many ready messages it holds.
+async fn queue_ready_count(conn: &Connection, name: &str) -> Option<u32> {
+    let channel = conn.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(name.into(), passive_queue(), FieldTable::default())
+        .await;
+    declared.ok().map(|q| q.message_count())
+}
+
+async fn exchange_exists(conn: &Connection, name: &str) -> bool {
+    let channel = conn.create_channel().await.unwrap();
+    let options = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(name.into(), ExchangeKind::Fanout, options, FieldTable::default())
+        .await
+        .is_ok()
+}
+
+async fn rabbitmqctl(args: &[&str]) -> String {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `rabbitmqctl list_queues`' (ready, unacknowledged) counts for one queue.
+async fn queue_counts(name: &str) -> (u64, u64) {
+    let listing = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"]).await;
+    listing
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.first() == Some(&name))
+        .map(|cols| (cols[1].parse().unwrap(), cols[2].parse().unwrap()))
+        .unwrap_or_else(|| panic!("queue {name} not listed"))
+}
+
+/// Polls `check` every 50 ms for up to 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_room_topology_is_declared_on_the_broker() {
+    let t = TestServer::start(Backend::Real).await;
+    let r = room("grouptopo");
+    let (ann, bob) = (alias("ann"), alias("bob"));
+    for a in [&ann, &bob] {
+        let params = SendParams {
+            room_name: r.to_string(),
+            message: "hi".into(),
+            from_alias: a.to_string(),
+            to_alias: None,
+            group_room: Some(true),
+        };
+        t.client.send(&params).await.unwrap();
+    }
+    let conn = observer().await;
+    assert!(exchange_exists(&conn, r.as_str()).await, "exchange named after the room");
+    for queue in [r.as_str(), ann.as_str(), bob.as_str()] {
+        assert!(queue_ready_count(&conn, queue).await.is_some(), "queue {queue}");
+    }
+    // Each inbox got every message sent after its alias joined: ann both, bob his own.
+    assert_eq!(queue_ready_count(&conn, ann.as_str()).await, Some(2));
+    assert_eq!(queue_ready_count(&conn, bob.as_str()).await, Some(1));
+    let bindings = rabbitmqctl(&["list_bindings", "-q", "--no-table-headers", "source_name", "destination_name"]).await;
+    for destination in [r.as_str(), ann.as_str(), bob.as_str()] {
+        assert!(
+            bindings
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [r.as_str(), destination]),
+            "binding {r} → {destination} missing in:\n{bindings}"
+        );
+    }
+    let queues = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "durable", "arguments"]).await;
+    let line = |name: &str| {
+        queues
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not listed"))
+            .to_string()
+    };
+    assert!(line(r.as_str()).contains("true") && line(r.as_str()).contains("x-single-active-consumer"));
+    for inbox in [ann.as_str(), bob.as_str()] {
+        let l = line(inbox);
+        assert!(l.contains("x-max-length") && l.contains("x-message-ttl"), "{l}");
+    }
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_room_has_its_queue_and_no_exchange() {
+    let t = TestServer::start(Backend::Real).await;
+    let r = room("privtopo");
+    let (ann, bob) = (alias("ann"), alias("bob"));
+    let params = SendParams {
+        room_name: r.to_string(),
+        message: "psst".into(),
+        from_alias: ann.to_string(),
+        to_alias: Some(bob.to_string()),
+        group_room: Some(false),
+    };
+    t.client.send(&params).await.unwrap();
+    let conn = observer().await;
+    assert_eq!(queue_ready_count(&conn, r.as_str()).await, Some(0), "consumed and acked");
+    assert!(!exchange_exists(&conn, r.as_str()).await);
+    assert!(queue_ready_count(&conn, ann.as_str()).await.is_none(), "no inbox for private rooms");
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_publish_is_persistent_and_waits_in_the_queue() {
+    let broker = RabbitBroker::new(common::amqp_url());
+    let r = room("confirm");
+    broker.declare_room(&r, false).await.unwrap();
+    broker.publish(&r, false, b"{\"hello\":1}".to_vec()).await.unwrap();
+    // publish returned: the broker confirmed, so the message is in the queue right now.
+    let conn = observer().await;
+    assert_eq!(queue_ready_count(&conn, r.as_str()).await, Some(1));
+    let channel = conn.create_channel().await.unwrap();
+    let got = channel
+        .basic_get(r.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(got.delivery.data, b"{\"hello\":1}");
+    assert_eq!(*got.delivery.properties.delivery_mode(), Some(2), "persistent");
+    broker.delete_room(&r, false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_publish_is_refused() {
+    let broker = RabbitBroker::new(common::amqp_url());
+    let never_declared = room("nowhere");
+    let err = broker
+        .publish(&never_declared, false, b"lost?".to_vec())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::Unroutable(_)), "{err:?}");
+    // The connection stays usable afterwards.
+    broker.ping().await.unwrap();
+}
+
+/// A real store whose message writes can be made to fail, to watch when the consumer acks.
+struct FlakyStore {
+    inner: Arc<dyn Store>,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    async fn save_room_list(&self, meta: &RoomListMeta) -> Result<(), StoreError> {
+        self.inner.save_room_list(meta).await
+    }
+    async fn load_room_list(&self, name: &str) -> Result<Option<RoomListMeta>, StoreError> {
+        self.inner.load_room_list(name).await
+    }
+    async fn save_room(&self, meta: &RoomMeta) -> Result<(), StoreError> {
+        self.inner.save_room(meta).await
+    }
+    async fn load_room(&self, room: &RoomName) -> Result<Option<RoomMeta>, StoreError> {
+        self.inner.load_room(room).await
+    }
+    async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError> {
+        self.inner.delete_room(room).await
+    }
+    async fn insert_message(&self, message: &ChatMessage) -> Result<Inserted, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
+        self.inner.insert_message(message).await
+    }
+    async fn latest_messages(&self, room: &RoomName, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        self.inner.latest_messages(room, limit).await
+    }
+    async fn messages_before(&self, room: &RoomName, before: u64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        self.inner.messages_before(room, before, limit).await
+    }
+    async fn last_sequence(&self, room: &RoomName) -> Result<u64, StoreError> {
+        self.inner.last_sequence(room).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+fn quick_config() -> ServiceConfig {
+    ServiceConfig {
+        store_wait: Duration::from_millis(300),
+        ..ServiceConfig::default()
+    }
+}
+
+fn group_request(r: &RoomName, from: &Alias, text: &str) -> SendRequest {
+    SendRequest {
+        room_name: r.clone(),
+        message: text.into(),
+        from_alias: from.clone(),
+        to_alias: None,
+        group_room: Some(true),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_acks_only_after_the_store_write() {
+    let env = Env::new(Backend::Real);
+    let store = Arc::new(FlakyStore {
+        inner: env.store().await,
+        failing: AtomicBool::new(true),
+    });
+    let service = ChatService::start(env.broker.clone(), store.clone(), quick_config())
+        .await
+        .unwrap();
+    let (r, ann) = (room("ackafter"), alias("ann"));
+    let outcome = service.send(group_request(&r, &ann, "wait for me")).await.unwrap();
+    assert!(matches!(outcome, SendOutcome::Accepted(_)), "confirmed, not stored: {outcome:?}");
+
+    // While the store fails, the delivery is held unacknowledged: nothing is lost.
+    eventually("the delivery is unacked", async || queue_counts(r.as_str()).await == (0, 1)).await;
+    assert!(env.store().await.latest_messages(&r, 10).await.unwrap().is_empty());
+
+    store.failing.store(false, Ordering::SeqCst);
+    let room = service.room(&r).unwrap();
+    eventually("the message is stored", async || room.len() == 1).await;
+    eventually("the delivery is acked", async || queue_counts(r.as_str()).await == (0, 0)).await;
+    let stored = env.store().await.latest_messages(&r, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].mess_props.sequence_number, Some(1));
+    service.shutdown().await;
+    env.cleanup(&[(r, true)], &[ann]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstored_message_survives_a_service_stop_and_is_stored_once() {
+    let env = Env::new(Backend::Real);
+    let store = Arc::new(FlakyStore {
+        inner: env.store().await,
+        failing: AtomicBool::new(true),
+    });
+    let service = ChatService::start(env.broker.clone(), store.clone(), quick_config())
+        .await
+        .unwrap();
+    let (r, ann) = (room("survive"), alias("ann"));
+    service.send(group_request(&r, &ann, "still here")).await.unwrap();
+    service.shutdown().await;
+    // The stopped consumer's channel closed: the broker holds the message for the next one.
+    eventually("the message is back in the queue", async || queue_counts(r.as_str()).await == (1, 0)).await;
+
+    let service = ChatService::start(env.broker.clone(), env.store().await, quick_config())
+        .await
+        .unwrap();
+    let room = service.room(&r).unwrap();
+    eventually("the message is stored", async || room.len() == 1).await;
+    let stored = env.store().await.latest_messages(&r, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].message, "still here");
+    assert_eq!(stored[0].mess_props.sequence_number, Some(1));
+    service.shutdown().await;
+    env.cleanup(&[(r, true)], &[ann]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_message_is_stored_once_with_its_first_number() {
+    let env = Env::new(Backend::Real);
+    let service = ChatService::start(env.broker.clone(), env.store().await, quick_config())
+        .await
+        .unwrap();
+    let (r, ann) = (room("redeliver"), alias("ann"));
+    let first = service.send(group_request(&r, &ann, "first")).await.unwrap();
+    assert!(matches!(first, SendOutcome::Stored(_)));
+
+    // The same message (same id) published twice, as a redelivery after a lost ack looks.
+    let props = MessageProperties::new_sent(r.clone(), ann.clone(), r.to_string());
+    let body = serde_json::to_vec(&ChatMessage::new("twice".into(), props)).unwrap();
+    env.broker.publish(&r, true, body.clone()).await.unwrap();
+    env.broker.publish(&r, true, body).await.unwrap();
+    let after = service.send(group_request(&r, &ann, "after")).await.unwrap();
+    let SendOutcome::Stored(after) = after else { panic!("not stored: {after:?}") };
+    assert_eq!(after.mess_props.sequence_number, Some(3), "the duplicate took no number");
+
+    let stored = env.store().await.latest_messages(&r, 10).await.unwrap();
+    let texts: Vec<_> = stored.iter().map(|m| m.message.as_str()).collect();
+    assert_eq!(texts, ["first", "twice", "after"]);
+    let numbers: Vec<_> = stored.iter().map(|m| m.mess_props.sequence_number).collect();
+    assert_eq!(numbers, [Some(1), Some(2), Some(3)]);
+    assert_eq!(service.room(&r).unwrap().len(), 3);
+    eventually("everything is acked", async || queue_counts(r.as_str()).await == (0, 0)).await;
+    service.shutdown().await;
+    env.cleanup(&[(r, true)], &[ann]).await;
+}
