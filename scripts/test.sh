@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs and starts RabbitMQ and SecantusDB on loopback (scripts/services.sh),
+# then runs the whole suite against them. A service that cannot be started fails the run; no test
+# is skipped for want of one. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+services=$(scripts/services.sh start)
+eval "$services"
+echo "test.sh: RabbitMQ at $MESS_CHAT_AMQP_URL, MongoDB-protocol server at $MESS_CHAT_MONGO_URL" >&2
+cargo test --locked "$@"
