@@ -65,7 +65,11 @@ enum LogFormat {
 #[derive(Args)]
 struct ServerArg {
     /// Base URL of the mess-chat server.
-    #[arg(long, env = "MESS_CHAT_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "MESS_CHAT_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     server: String,
 }
 
@@ -159,7 +163,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             store_wait: Duration::from_secs(3),
         },
     };
-    let broker = config.amqp_url.as_deref().unwrap_or("embedded (in-process)");
+    let broker = config
+        .amqp_url
+        .as_deref()
+        .unwrap_or("embedded (in-process)");
     let store = match &config.mongo_url {
         Some(url) => format!("{url} (database {})", config.mongo_db),
         None => format!("embedded ({})", config.data_dir.display()),

@@ -17,11 +17,10 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mess_chat::broker::rmq::RabbitBroker;
 use mess_chat::broker::{Broker, BrokerError};
 use mess_chat::client::SendParams;
-use mess_chat::model::{
-    Alias, ChatMessage, MessageProperties, RoomListMeta, RoomMeta, RoomName,
-};
+use mess_chat::model::{Alias, ChatMessage, MessageProperties, RoomListMeta, RoomMeta, RoomName};
 use mess_chat::service::{ChatService, SendOutcome, SendRequest, ServiceConfig};
 use mess_chat::store::{Inserted, Store, StoreError};
+use uuid::Uuid;
 
 /// A second, independent AMQP connection for looking at what the service declared.
 async fn observer() -> Connection {
@@ -53,7 +52,12 @@ async fn exchange_exists(conn: &Connection, name: &str) -> bool {
         ..ExchangeDeclareOptions::default()
     };
     channel
-        .exchange_declare(name.into(), ExchangeKind::Fanout, options, FieldTable::default())
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Fanout,
+            options,
+            FieldTable::default(),
+        )
         .await
         .is_ok()
 }
@@ -70,7 +74,15 @@ async fn rabbitmqctl(args: &[&str]) -> String {
 
 /// `rabbitmqctl list_queues`' (ready, unacknowledged) counts for one queue.
 async fn queue_counts(name: &str) -> (u64, u64) {
-    let listing = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"]).await;
+    let listing = rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])
+    .await;
     listing
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
@@ -106,14 +118,27 @@ async fn group_room_topology_is_declared_on_the_broker() {
         t.client.send(&params).await.unwrap();
     }
     let conn = observer().await;
-    assert!(exchange_exists(&conn, r.as_str()).await, "exchange named after the room");
+    assert!(
+        exchange_exists(&conn, r.as_str()).await,
+        "exchange named after the room"
+    );
     for queue in [r.as_str(), ann.as_str(), bob.as_str()] {
-        assert!(queue_ready_count(&conn, queue).await.is_some(), "queue {queue}");
+        assert!(
+            queue_ready_count(&conn, queue).await.is_some(),
+            "queue {queue}"
+        );
     }
     // Each inbox got every message sent after its alias joined: ann both, bob his own.
     assert_eq!(queue_ready_count(&conn, ann.as_str()).await, Some(2));
     assert_eq!(queue_ready_count(&conn, bob.as_str()).await, Some(1));
-    let bindings = rabbitmqctl(&["list_bindings", "-q", "--no-table-headers", "source_name", "destination_name"]).await;
+    let bindings = rabbitmqctl(&[
+        "list_bindings",
+        "-q",
+        "--no-table-headers",
+        "source_name",
+        "destination_name",
+    ])
+    .await;
     for destination in [r.as_str(), ann.as_str(), bob.as_str()] {
         assert!(
             bindings
@@ -122,7 +147,15 @@ async fn group_room_topology_is_declared_on_the_broker() {
             "binding {r} → {destination} missing in:\n{bindings}"
         );
     }
-    let queues = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "durable", "arguments"]).await;
+    let queues = rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "durable",
+        "arguments",
+    ])
+    .await;
     let line = |name: &str| {
         queues
             .lines()
@@ -130,10 +163,15 @@ async fn group_room_topology_is_declared_on_the_broker() {
             .unwrap_or_else(|| panic!("{name} not listed"))
             .to_string()
     };
-    assert!(line(r.as_str()).contains("true") && line(r.as_str()).contains("x-single-active-consumer"));
+    assert!(
+        line(r.as_str()).contains("true") && line(r.as_str()).contains("x-single-active-consumer")
+    );
     for inbox in [ann.as_str(), bob.as_str()] {
         let l = line(inbox);
-        assert!(l.contains("x-max-length") && l.contains("x-message-ttl"), "{l}");
+        assert!(
+            l.contains("x-max-length") && l.contains("x-message-ttl"),
+            "{l}"
+        );
     }
     t.cleanup().await;
 }
@@ -152,9 +190,16 @@ async fn private_room_has_its_queue_and_no_exchange() {
     };
     t.client.send(&params).await.unwrap();
     let conn = observer().await;
-    assert_eq!(queue_ready_count(&conn, r.as_str()).await, Some(0), "consumed and acked");
+    assert_eq!(
+        queue_ready_count(&conn, r.as_str()).await,
+        Some(0),
+        "consumed and acked"
+    );
     assert!(!exchange_exists(&conn, r.as_str()).await);
-    assert!(queue_ready_count(&conn, ann.as_str()).await.is_none(), "no inbox for private rooms");
+    assert!(
+        queue_ready_count(&conn, ann.as_str()).await.is_none(),
+        "no inbox for private rooms"
+    );
     t.cleanup().await;
 }
 
@@ -163,7 +208,10 @@ async fn confirmed_publish_is_persistent_and_waits_in_the_queue() {
     let broker = RabbitBroker::new(common::amqp_url());
     let r = room("confirm");
     broker.declare_room(&r, false).await.unwrap();
-    broker.publish(&r, false, b"{\"hello\":1}".to_vec()).await.unwrap();
+    broker
+        .publish(&r, false, b"{\"hello\":1}".to_vec())
+        .await
+        .unwrap();
     // publish returned: the broker confirmed, so the message is in the queue right now.
     let conn = observer().await;
     assert_eq!(queue_ready_count(&conn, r.as_str()).await, Some(1));
@@ -174,7 +222,11 @@ async fn confirmed_publish_is_persistent_and_waits_in_the_queue() {
         .unwrap()
         .expect("a message");
     assert_eq!(got.delivery.data, b"{\"hello\":1}");
-    assert_eq!(*got.delivery.properties.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        *got.delivery.properties.delivery_mode(),
+        Some(2),
+        "persistent"
+    );
     broker.delete_room(&r, false).await.unwrap();
 }
 
@@ -220,10 +272,36 @@ impl Store for FlakyStore {
         }
         self.inner.insert_message(message).await
     }
-    async fn latest_messages(&self, room: &RoomName, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+    async fn existing_messages(
+        &self,
+        room: &RoomName,
+        ids: &[Uuid],
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        self.inner.existing_messages(room, ids).await
+    }
+    async fn insert_messages(
+        &self,
+        room: &RoomName,
+        messages: &[ChatMessage],
+    ) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
+        self.inner.insert_messages(room, messages).await
+    }
+    async fn latest_messages(
+        &self,
+        room: &RoomName,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
         self.inner.latest_messages(room, limit).await
     }
-    async fn messages_before(&self, room: &RoomName, before: u64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+    async fn messages_before(
+        &self,
+        room: &RoomName,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
         self.inner.messages_before(room, before, limit).await
     }
     async fn last_sequence(&self, room: &RoomName) -> Result<u64, StoreError> {
@@ -262,17 +340,36 @@ async fn consumer_acks_only_after_the_store_write() {
         .await
         .unwrap();
     let (r, ann) = (room("ackafter"), alias("ann"));
-    let outcome = service.send(group_request(&r, &ann, "wait for me")).await.unwrap();
-    assert!(matches!(outcome, SendOutcome::Accepted(_)), "confirmed, not stored: {outcome:?}");
+    let outcome = service
+        .send(group_request(&r, &ann, "wait for me"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, SendOutcome::Accepted(_)),
+        "confirmed, not stored: {outcome:?}"
+    );
 
     // While the store fails, the delivery is held unacknowledged: nothing is lost.
-    eventually("the delivery is unacked", async || queue_counts(r.as_str()).await == (0, 1)).await;
-    assert!(env.store().await.latest_messages(&r, 10).await.unwrap().is_empty());
+    eventually("the delivery is unacked", async || {
+        queue_counts(r.as_str()).await == (0, 1)
+    })
+    .await;
+    assert!(
+        env.store()
+            .await
+            .latest_messages(&r, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     store.failing.store(false, Ordering::SeqCst);
     let room = service.room(&r).unwrap();
     eventually("the message is stored", async || room.len() == 1).await;
-    eventually("the delivery is acked", async || queue_counts(r.as_str()).await == (0, 0)).await;
+    eventually("the delivery is acked", async || {
+        queue_counts(r.as_str()).await == (0, 0)
+    })
+    .await;
     let stored = env.store().await.latest_messages(&r, 10).await.unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].mess_props.sequence_number, Some(1));
@@ -291,10 +388,16 @@ async fn unstored_message_survives_a_service_stop_and_is_stored_once() {
         .await
         .unwrap();
     let (r, ann) = (room("survive"), alias("ann"));
-    service.send(group_request(&r, &ann, "still here")).await.unwrap();
+    service
+        .send(group_request(&r, &ann, "still here"))
+        .await
+        .unwrap();
     service.shutdown().await;
     // The stopped consumer's channel closed: the broker holds the message for the next one.
-    eventually("the message is back in the queue", async || queue_counts(r.as_str()).await == (1, 0)).await;
+    eventually("the message is back in the queue", async || {
+        queue_counts(r.as_str()).await == (1, 0)
+    })
+    .await;
 
     let service = ChatService::start(env.broker.clone(), env.store().await, quick_config())
         .await
@@ -316,7 +419,10 @@ async fn redelivered_message_is_stored_once_with_its_first_number() {
         .await
         .unwrap();
     let (r, ann) = (room("redeliver"), alias("ann"));
-    let first = service.send(group_request(&r, &ann, "first")).await.unwrap();
+    let first = service
+        .send(group_request(&r, &ann, "first"))
+        .await
+        .unwrap();
     assert!(matches!(first, SendOutcome::Stored(_)));
 
     // The same message (same id) published twice, as a redelivery after a lost ack looks.
@@ -324,17 +430,32 @@ async fn redelivered_message_is_stored_once_with_its_first_number() {
     let body = serde_json::to_vec(&ChatMessage::new("twice".into(), props)).unwrap();
     env.broker.publish(&r, true, body.clone()).await.unwrap();
     env.broker.publish(&r, true, body).await.unwrap();
-    let after = service.send(group_request(&r, &ann, "after")).await.unwrap();
-    let SendOutcome::Stored(after) = after else { panic!("not stored: {after:?}") };
-    assert_eq!(after.mess_props.sequence_number, Some(3), "the duplicate took no number");
+    let after = service
+        .send(group_request(&r, &ann, "after"))
+        .await
+        .unwrap();
+    let SendOutcome::Stored(after) = after else {
+        panic!("not stored: {after:?}")
+    };
+    assert_eq!(
+        after.mess_props.sequence_number,
+        Some(3),
+        "the duplicate took no number"
+    );
 
     let stored = env.store().await.latest_messages(&r, 10).await.unwrap();
     let texts: Vec<_> = stored.iter().map(|m| m.message.as_str()).collect();
     assert_eq!(texts, ["first", "twice", "after"]);
-    let numbers: Vec<_> = stored.iter().map(|m| m.mess_props.sequence_number).collect();
+    let numbers: Vec<_> = stored
+        .iter()
+        .map(|m| m.mess_props.sequence_number)
+        .collect();
     assert_eq!(numbers, [Some(1), Some(2), Some(3)]);
     assert_eq!(service.room(&r).unwrap().len(), 3);
-    eventually("everything is acked", async || queue_counts(r.as_str()).await == (0, 0)).await;
+    eventually("everything is acked", async || {
+        queue_counts(r.as_str()).await == (0, 0)
+    })
+    .await;
     service.shutdown().await;
     env.cleanup(&[(r, true)], &[ann]).await;
 }

@@ -16,7 +16,10 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let ready = state.service.readiness().await;
     if ready.broker && ready.store {
-        return (StatusCode::OK, Json(json!({ "status": "ready", "broker": true, "store": true })));
+        return (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "broker": true, "store": true })),
+        );
     }
     let down: Vec<&str> = [("broker", ready.broker), ("store", ready.store)]
         .into_iter()

@@ -103,9 +103,7 @@ pub async fn send(
             .ok_or_else(|| ApiError::bad_request("query parameter message is required"))?,
         from_alias: alias(required(q.from_alias, "from_alias")?)?,
         to_alias: optional(q.to_alias).map(alias).transpose()?,
-        group_room: optional(q.group_room)
-            .map(|v| parse_bool(&v))
-            .transpose()?,
+        group_room: optional(q.group_room).map(|v| parse_bool(&v)).transpose()?,
     };
     let (status, label, message) = match state.service.send(request).await? {
         SendOutcome::Stored(m) => (StatusCode::OK, "stored", m),

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{
-    Acknowledge, Broker, BrokerError, Delivery, DeliveryStream, INBOX_MAX_LENGTH,
-};
+use super::{Acknowledge, Broker, BrokerError, Delivery, DeliveryStream, INBOX_MAX_LENGTH};
 use crate::model::{Alias, RoomName};
 
 /// An in-process broker; cheap to share behind an `Arc`.

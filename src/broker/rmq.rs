@@ -12,9 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
@@ -147,7 +147,10 @@ fn room_queue_arguments() -> FieldTable {
 
 fn inbox_queue_arguments() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongLongInt(INBOX_MAX_LENGTH));
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(INBOX_MAX_LENGTH),
+    );
     args.insert(
         "x-message-ttl".into(),
         AMQPValue::LongLongInt(INBOX_MESSAGE_TTL_MS),

@@ -104,7 +104,10 @@ mod tests {
         assert_eq!(msg.mess_props.mess_type, MESS_TYPE_SENT);
         assert!(msg.dirty);
         assert_eq!(msg.mess_props.sequence_number, None);
-        assert_eq!(msg.mess_props.sent_time.timestamp_subsec_nanos() % 1_000_000, 0);
+        assert_eq!(
+            msg.mess_props.sent_time.timestamp_subsec_nanos() % 1_000_000,
+            0
+        );
     }
 
     #[test]
@@ -121,6 +124,9 @@ mod tests {
         let back: ChatMessage = serde_json::from_value(json).unwrap();
         assert_eq!(back.message, msg.message);
         assert_eq!(back.mess_props, msg.mess_props);
-        assert!(!back.dirty, "a message read back from the wire is not dirty");
+        assert!(
+            !back.dirty,
+            "a message read back from the wire is not dirty"
+        );
     }
 }

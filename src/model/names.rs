@@ -33,7 +33,10 @@ fn check(kind: &'static str, value: &str) -> Result<(), NameError> {
         Some("must be at most 64 characters long")
     } else if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         Some("must start with a letter or a digit")
-    } else if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    } else if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         Some("may contain only ASCII letters, digits, '_' and '-'")
     } else {
         None
@@ -121,7 +124,14 @@ mod tests {
 
     #[test]
     fn accepts_the_safe_alphabet() {
-        for ok in ["general", "a", "Room-1", "bob_2", "0day", &"x".repeat(MAX_NAME_LEN)] {
+        for ok in [
+            "general",
+            "a",
+            "Room-1",
+            "bob_2",
+            "0day",
+            &"x".repeat(MAX_NAME_LEN),
+        ] {
             assert!(RoomName::new(ok).is_ok(), "{ok:?} should be valid");
             assert!(Alias::new(ok).is_ok(), "{ok:?} should be valid");
         }
@@ -131,12 +141,27 @@ mod tests {
     fn rejects_names_reserved_or_forbidden_by_amqp_or_mongodb() {
         let too_long = "x".repeat(MAX_NAME_LEN + 1);
         for bad in [
-            "", "amq.gen", "system.users", "a$b", "a\0b", "a/b", "..", "a.b", "_hidden", "-x",
-            "with space", "é", "room\n", &too_long,
+            "",
+            "amq.gen",
+            "system.users",
+            "a$b",
+            "a\0b",
+            "a/b",
+            "..",
+            "a.b",
+            "_hidden",
+            "-x",
+            "with space",
+            "é",
+            "room\n",
+            &too_long,
         ] {
             let err = RoomName::new(bad).expect_err(bad);
             assert_eq!(err.kind, "room name");
-            assert!(Alias::new(bad).is_err(), "{bad:?} should be an invalid alias");
+            assert!(
+                Alias::new(bad).is_err(),
+                "{bad:?} should be an invalid alias"
+            );
         }
     }
 

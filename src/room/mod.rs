@@ -263,7 +263,10 @@ impl ChatRoom {
         if self.is_member(alias) {
             return Ok(false);
         }
-        self.inner.broker.bind_member(&self.inner.name, alias).await?;
+        self.inner
+            .broker
+            .bind_member(&self.inner.name, alias)
+            .await?;
         self.change(|state| state.members.insert(alias.clone()));
         self.persist().await?;
         Ok(true)

@@ -1,15 +1,28 @@
 //! The room's consumer (the seed's `retrieve_messages`): takes deliveries off the room's queue in
-//! order, numbers each message, stores it, puts it in the cache, wakes its sender, and only then
-//! acknowledges it. A redelivered message that is already stored keeps its first number and is
-//! acknowledged without being stored again.
+//! order, numbers each new message, stores it, puts it in the cache, wakes its sender, and only
+//! then acknowledges it.
+//!
+//! Deliveries that are ready together are handled as one batch (one store lookup, one store
+//! write), which is what lets the store keep up with the broker. Within a batch:
+//! 1. ids already stored (redeliveries, client retries) keep their stored copy and first number;
+//! 2. the new messages are numbered `last_sequence + 1 ..` once, before the write;
+//! 3. the write is retried with those same numbered messages until it succeeds. It is ordered and
+//!    idempotent by id, so a failed attempt leaves a stored prefix and a retry completes it:
+//!    numbers never repeat and never leave a gap, even if the service dies mid-batch.
 
+use std::collections::HashMap;
+
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::ChatRoom;
 use crate::backoff::Backoff;
 use crate::broker::{Delivery, DeliveryStream};
 use crate::model::{ChatMessage, MessageType, now};
-use crate::store::Inserted;
+
+/// Most deliveries handled as one batch.
+pub const MAX_BATCH: usize = 256;
 
 impl ChatRoom {
     /// Runs the room's consumer until `shutdown` fires: (re)declares the topology, subscribes,
@@ -39,81 +52,138 @@ impl ChatRoom {
 
     /// Handles deliveries until the stream ends (returns `true`: resubscribe) or shutdown
     /// (returns `false`).
-    async fn drain(&self, mut stream: Box<dyn DeliveryStream>, shutdown: &CancellationToken) -> bool {
+    async fn drain(
+        &self,
+        mut stream: Box<dyn DeliveryStream>,
+        shutdown: &CancellationToken,
+    ) -> bool {
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 next = stream.next() => next,
             };
-            match next {
-                Some(Ok(delivery)) => {
-                    if !self.receive(delivery, shutdown).await {
-                        return false;
-                    }
-                }
+            let first = match next {
+                Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => {
                     tracing::warn!(room = %self.inner.name, error = %e, "consumer failed");
                     return true;
                 }
                 None => return true,
+            };
+            let mut batch = vec![first];
+            let mut ended = false;
+            while batch.len() < MAX_BATCH {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(_) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !self.receive(batch, shutdown).await {
+                return false;
+            }
+            if ended {
+                return true;
             }
         }
     }
 
-    /// Handles one delivery. Returns `false` if shutdown interrupted it before it was stored (the
-    /// delivery is then left unacknowledged, so the broker delivers it again later).
-    async fn receive(&self, delivery: Delivery, shutdown: &CancellationToken) -> bool {
-        let mut message = match serde_json::from_slice::<ChatMessage>(&delivery.body) {
-            Ok(m) if m.mess_props.room_name == self.inner.name => m,
-            Ok(m) => {
-                tracing::warn!(room = %self.inner.name, other = %m.mess_props.room_name,
-                    "dropping a message for another room");
-                let _ = delivery.reject().await;
-                return true;
-            }
-            Err(e) => {
-                tracing::warn!(room = %self.inner.name, error = %e, "dropping a malformed message");
-                let _ = delivery.reject().await;
-                return true;
-            }
-        };
-        let id = message.mess_props.id;
-        let sequence = {
-            let mut state = self.state();
-            state.last_sequence += 1;
-            state.last_sequence
-        };
-        message.mess_props.mess_type = MessageType::Received;
-        message.mess_props.rec_time = Some(now());
-        message.mess_props.sequence_number = Some(sequence);
-        message.dirty = false;
-
-        let mut backoff = Backoff::default();
-        let stored = loop {
-            match self.inner.store.insert_message(&message).await {
-                Ok(Inserted::New) => break message,
-                Ok(Inserted::Existing(first)) => {
-                    // A redelivery: give the number back (nothing else numbers messages
-                    // while this consumer runs) and keep the first one.
-                    self.state().last_sequence -= 1;
-                    tracing::debug!(room = %self.inner.name, %id, "redelivered message already stored");
-                    self.wake(first);
-                    return self.ack(delivery, id).await;
+    /// Handles one batch of deliveries. Returns `false` if shutdown interrupted it before it was
+    /// stored; the deliveries are then left unacknowledged and the broker delivers them again.
+    async fn receive(&self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) -> bool {
+        let mut accepted = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match serde_json::from_slice::<ChatMessage>(&delivery.body) {
+                Ok(m) if m.mess_props.room_name == self.inner.name => accepted.push((delivery, m)),
+                Ok(m) => {
+                    tracing::warn!(room = %self.inner.name, other = %m.mess_props.room_name,
+                        "dropping a message for another room");
+                    let _ = delivery.reject().await;
                 }
                 Err(e) => {
-                    tracing::warn!(room = %self.inner.name, %id, error = %e,
-                        "cannot store message; retrying");
+                    tracing::warn!(room = %self.inner.name, error = %e, "dropping a malformed message");
+                    let _ = delivery.reject().await;
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return true;
+        }
+        let ids: Vec<Uuid> = accepted.iter().map(|(_, m)| m.mess_props.id).collect();
+        let store = &self.inner.store;
+        let room = &self.inner.name;
+
+        let mut backoff = Backoff::default();
+        let existing = loop {
+            match store.existing_messages(room, &ids).await {
+                Ok(existing) => break existing,
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "cannot read the store; retrying");
                     if !backoff.wait(shutdown).await {
-                        self.state().last_sequence -= 1;
                         return false;
                     }
                 }
             }
         };
-        tracing::debug!(room = %self.inner.name, %id, sequence, "stored");
-        self.put(stored.clone());
-        self.wake(stored);
-        self.ack(delivery, id).await
+        let (outcome, fresh) = self.number(accepted.iter().map(|(_, m)| m), existing);
+
+        let mut backoff = Backoff::default();
+        while let Err(e) = store.insert_messages(room, &fresh).await {
+            tracing::warn!(%room, count = fresh.len(), error = %e, "cannot store; retrying");
+            if !backoff.wait(shutdown).await {
+                return false;
+            }
+        }
+        for message in &fresh {
+            self.put(message.clone());
+        }
+        tracing::debug!(%room, stored = fresh.len(), duplicates = outcome.len() - fresh.len(),
+            last = self.last_sequence(), "batch stored");
+        for ((delivery, _), stored) in accepted.into_iter().zip(outcome) {
+            let id = stored.mess_props.id;
+            self.wake(stored);
+            if let Err(e) = delivery.ack().await {
+                // Stored but not acked: the broker redelivers it and the store recognises it.
+                tracing::warn!(%room, %id, error = %e, "ack failed");
+            }
+        }
+        true
+    }
+
+    /// Decides each message's stored form: the stored copy for ids already known (from the store,
+    /// or earlier in this batch), otherwise the message received and numbered. Returns the
+    /// outcome for every message, in order, and the new messages to write.
+    fn number<'a>(
+        &self,
+        received: impl Iterator<Item = &'a ChatMessage>,
+        existing: Vec<ChatMessage>,
+    ) -> (Vec<ChatMessage>, Vec<ChatMessage>) {
+        let mut known: HashMap<Uuid, ChatMessage> =
+            existing.into_iter().map(|m| (m.mess_props.id, m)).collect();
+        let mut outcome = Vec::new();
+        let mut fresh = Vec::new();
+        let rec_time = now();
+        let mut state = self.state();
+        for message in received {
+            let id = message.mess_props.id;
+            if let Some(first) = known.get(&id) {
+                outcome.push(first.clone());
+                continue;
+            }
+            state.last_sequence += 1;
+            let mut stored = message.clone();
+            stored.mess_props.mess_type = MessageType::Received;
+            stored.mess_props.rec_time = Some(rec_time);
+            stored.mess_props.sequence_number = Some(state.last_sequence);
+            stored.dirty = false;
+            known.insert(id, stored.clone());
+            fresh.push(stored.clone());
+            outcome.push(stored);
+        }
+        (outcome, fresh)
     }
 
     fn wake(&self, stored: ChatMessage) {
@@ -121,13 +191,5 @@ impl ChatRoom {
         if let Some(waiter) = waiter {
             let _ = waiter.send(stored);
         }
-    }
-
-    async fn ack(&self, delivery: Delivery, id: uuid::Uuid) -> bool {
-        if let Err(e) = delivery.ack().await {
-            // Stored but not acked: the broker redelivers it and the store recognises it.
-            tracing::warn!(room = %self.inner.name, %id, error = %e, "ack failed");
-        }
-        true
     }
 }

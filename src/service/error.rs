@@ -64,8 +64,12 @@ pub enum ChatError {
 impl From<BrokerError> for ChatError {
     fn from(e: BrokerError) -> Self {
         match e {
-            BrokerError::Unavailable(_) | BrokerError::Nacked => ChatError::Unavailable(e.to_string()),
-            BrokerError::Unroutable(_) | BrokerError::Refused(_) => ChatError::Internal(e.to_string()),
+            BrokerError::Unavailable(_) | BrokerError::Nacked => {
+                ChatError::Unavailable(e.to_string())
+            }
+            BrokerError::Unroutable(_) | BrokerError::Refused(_) => {
+                ChatError::Internal(e.to_string())
+            }
         }
     }
 }

@@ -184,11 +184,8 @@ impl ChatService {
         } else {
             self.private_recipient(&room, &request)?.to_string()
         };
-        let props = MessageProperties::new_sent(
-            room.name().clone(),
-            request.from_alias.clone(),
-            to_user,
-        );
+        let props =
+            MessageProperties::new_sent(room.name().clone(), request.from_alias.clone(), to_user);
         let id = props.id;
         let stored = room.register_waiter(id);
         let sent = match room.send_message(request.message, props).await {
@@ -298,9 +295,16 @@ impl ChatService {
     }
 
     /// A new room's name may not be an alias in use (nor the name of an alias in this request).
-    fn check_room_name_free(&self, name: &RoomName, request: &SendRequest) -> Result<(), ChatError> {
+    fn check_room_name_free(
+        &self,
+        name: &RoomName,
+        request: &SendRequest,
+    ) -> Result<(), ChatError> {
         let taken = request.from_alias.as_str() == name.as_str()
-            || request.to_alias.as_ref().is_some_and(|a| a.as_str() == name.as_str())
+            || request
+                .to_alias
+                .as_ref()
+                .is_some_and(|a| a.as_str() == name.as_str())
             || self
                 .inner
                 .rooms
@@ -317,7 +321,11 @@ impl ChatService {
 
     /// The room's newest `limit` messages, oldest first: from the cache, and from the store for
     /// whatever the cache no longer holds.
-    pub async fn history(&self, name: &RoomName, limit: usize) -> Result<Vec<ChatMessage>, ChatError> {
+    pub async fn history(
+        &self,
+        name: &RoomName,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, ChatError> {
         if limit == 0 || limit > MAX_HISTORY_LIMIT {
             return Err(ChatError::BadRequest(format!(
                 "limit must be between 1 and {MAX_HISTORY_LIMIT}"
@@ -353,7 +361,10 @@ impl ChatService {
         if let Some(token) = token {
             token.cancel();
         }
-        self.inner.broker.delete_room(name, room.group_room()).await?;
+        self.inner
+            .broker
+            .delete_room(name, room.group_room())
+            .await?;
         self.inner.store.delete_room(name).await?;
         self.inner.rooms.remove(name);
         self.inner.rooms.persist().await?;

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
 use super::{Inserted, Store, StoreError};
 use crate::model::{ChatMessage, RoomListMeta, RoomMeta, RoomName};
@@ -89,7 +90,10 @@ fn messages_in(
     let txn = redb!(db.begin_read());
     let table = redb!(txn.open_table(MESSAGES));
     let mut newest_first = Vec::with_capacity(limit.min(1024));
-    for entry in redb!(table.range((room, 1)..(room, below))).rev().take(limit) {
+    for entry in redb!(table.range((room, 1)..(room, below)))
+        .rev()
+        .take(limit)
+    {
         let (_, value) = redb!(entry);
         newest_first.push(decode::<ChatMessage>(value.value())?);
     }
@@ -153,9 +157,14 @@ impl Store for EmbeddedStore {
             let name = room.as_str();
             let txn = redb!(db.begin_write());
             redb!(redb!(txn.open_table(ROOMS)).remove(name));
-            redb!(redb!(txn.open_table(MESSAGES)).retain_in((name, 0)..=(name, u64::MAX), |_, _| false));
-            redb!(redb!(txn.open_table(MESSAGE_IDS))
-                .retain_in((name, 0)..=(name, u128::MAX), |_, _| false));
+            redb!(
+                redb!(txn.open_table(MESSAGES))
+                    .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
+            );
+            redb!(
+                redb!(txn.open_table(MESSAGE_IDS))
+                    .retain_in((name, 0)..=(name, u128::MAX), |_, _| false)
+            );
             redb!(txn.commit());
             Ok(())
         })
@@ -185,6 +194,62 @@ impl Store for EmbeddedStore {
             }
             redb!(txn.commit());
             Ok(Inserted::New)
+        })
+        .await
+    }
+
+    async fn existing_messages(
+        &self,
+        room: &RoomName,
+        ids: &[Uuid],
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let (room, ids) = (room.clone(), ids.to_vec());
+        self.blocking(move |db| {
+            let name = room.as_str();
+            let txn = redb!(db.begin_read());
+            let id_table = redb!(txn.open_table(MESSAGE_IDS));
+            let messages = redb!(txn.open_table(MESSAGES));
+            let mut found = Vec::new();
+            for id in ids {
+                if let Some(seq) = redb!(id_table.get((name, id.as_u128()))) {
+                    let stored = redb!(messages.get((name, seq.value())))
+                        .ok_or_else(|| StoreError::Malformed(format!("dangling id in {name}")))?;
+                    found.push(decode(stored.value())?);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn insert_messages(
+        &self,
+        room: &RoomName,
+        messages: &[ChatMessage],
+    ) -> Result<(), StoreError> {
+        let room = room.clone();
+        let rows = messages
+            .iter()
+            .map(|m| {
+                let seq = m.mess_props.sequence_number.unwrap_or(0);
+                Ok((m.mess_props.id.as_u128(), seq, encode(m)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.blocking(move |db| {
+            let name = room.as_str();
+            let txn = redb!(db.begin_write());
+            {
+                let mut ids = redb!(txn.open_table(MESSAGE_IDS));
+                let mut table = redb!(txn.open_table(MESSAGES));
+                for (id, seq, bytes) in &rows {
+                    if redb!(ids.get((name, *id))).is_none() {
+                        redb!(ids.insert((name, *id), *seq));
+                        redb!(table.insert((name, *seq), bytes.as_slice()));
+                    }
+                }
+            }
+            redb!(txn.commit());
+            Ok(())
         })
         .await
     }

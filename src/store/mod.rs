@@ -12,6 +12,7 @@ pub mod embedded;
 pub mod mongo;
 
 use async_trait::async_trait;
+use uuid::Uuid;
 
 use crate::model::{ChatMessage, RoomListMeta, RoomMeta, RoomName};
 
@@ -55,6 +56,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores one message, idempotently by its id.
     async fn insert_message(&self, message: &ChatMessage) -> Result<Inserted, StoreError>;
+
+    /// The stored copies of those of `ids` that the room already has.
+    async fn existing_messages(
+        &self,
+        room: &RoomName,
+        ids: &[Uuid],
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// Stores a batch of new messages of one room, in order, in as few writes as the back end
+    /// allows. Ids already stored are skipped, so a retried batch stores nothing twice; a failed
+    /// write leaves at most a prefix of the batch stored, so a retry completes it without gaps.
+    async fn insert_messages(
+        &self,
+        room: &RoomName,
+        messages: &[ChatMessage],
+    ) -> Result<(), StoreError>;
 
     /// The room's `limit` messages with the highest sequence numbers, oldest first.
     async fn latest_messages(

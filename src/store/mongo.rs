@@ -102,7 +102,11 @@ impl MongoStore {
             .build();
         let by_seq = IndexModel::builder()
             .keys(doc! { SEQ: 1 })
-            .options(IndexOptions::builder().name("sequence_number".to_string()).build())
+            .options(
+                IndexOptions::builder()
+                    .name("sequence_number".to_string())
+                    .build(),
+            )
             .build();
         self.room(room).create_indexes([by_id, by_seq]).await?;
         self.indexed
@@ -209,7 +213,10 @@ fn message_from_doc(d: &Document) -> Result<ChatMessage, StoreError> {
 }
 
 fn names_to_bson<T: AsRef<str>>(names: &[T]) -> Vec<Bson> {
-    names.iter().map(|n| Bson::String(n.as_ref().into())).collect()
+    names
+        .iter()
+        .map(|n| Bson::String(n.as_ref().into()))
+        .collect()
 }
 
 fn names_from_doc<T>(d: &Document, key: &str) -> Result<Vec<T>, StoreError>
@@ -231,6 +238,19 @@ where
 
 fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     matches!(&*e.kind, ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY)
+}
+
+/// Where an ordered bulk insert stopped because an id was already stored, if that is why.
+fn first_duplicate(e: &mongodb::error::Error) -> Option<usize> {
+    match &*e.kind {
+        ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
+            match failure.write_errors.as_deref() {
+                Some([only]) if only.code == DUPLICATE_KEY => Some(only.index),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 #[async_trait]
@@ -326,6 +346,50 @@ impl Store for MongoStore {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn existing_messages(
+        &self,
+        room: &RoomName,
+        ids: &[Uuid],
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        use futures_util::TryStreamExt;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let docs: Vec<Document> = self
+            .room(room)
+            .find(doc! { "_id": { "$in": ids } })
+            .await?
+            .try_collect()
+            .await?;
+        docs.iter().map(message_from_doc).collect()
+    }
+
+    async fn insert_messages(
+        &self,
+        room: &RoomName,
+        messages: &[ChatMessage],
+    ) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.ensure_indexes(room).await?;
+        // Ordered, so that a failure leaves a stored prefix (never a gap in the numbering); an id
+        // already stored is skipped and the rest of the batch written on.
+        let mut rest = messages;
+        while !rest.is_empty() {
+            let docs = rest.iter().map(message_to_doc);
+            match self.room(room).insert_many(docs).ordered(true).await {
+                Ok(_) => return Ok(()),
+                Err(e) => match first_duplicate(&e) {
+                    Some(index) => rest = &rest[index + 1..],
+                    None => return Err(e.into()),
+                },
+            }
+        }
+        Ok(())
     }
 
     async fn latest_messages(
