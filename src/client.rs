@@ -36,6 +36,9 @@ pub struct SendParams {
     /// Group room or private room.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_room: Option<bool>,
+    /// Makes retries safe: the same room, sender and key are stored once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// A client of one mess-chat server.

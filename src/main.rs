@@ -89,6 +89,9 @@ struct SendArgs {
     /// Send to (or create) a group room; without it a new room is private.
     #[arg(long)]
     group: bool,
+    /// Makes a retry of this command safe: the same room, sender and key are stored once.
+    #[arg(long)]
+    idempotency_key: Option<String>,
     /// The text.
     message: String,
 }
@@ -134,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
                 from_alias: args.from_alias,
                 to_alias: args.to_alias,
                 group_room: args.group.then_some(true),
+                idempotency_key: args.idempotency_key,
             };
             let sent = client.send(&params).await?;
             println!("{}", serde_json::to_string_pretty(&sent)?);

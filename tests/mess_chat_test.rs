@@ -38,6 +38,7 @@ on_both_backends!(
     rooms_and_aliases_share_one_namespace,
     concurrent_first_sends_create_the_room_once,
     cli_send_and_messages_talk_to_the_server,
+    retries_with_one_idempotency_key_are_stored_once,
 );
 
 fn group_send(room: &RoomName, from: &str, text: &str) -> SendParams {
@@ -47,6 +48,7 @@ fn group_send(room: &RoomName, from: &str, text: &str) -> SendParams {
         from_alias: from.into(),
         to_alias: None,
         group_room: Some(true),
+        idempotency_key: None,
     }
 }
 
@@ -57,6 +59,7 @@ fn private_send(room: &RoomName, from: &str, to: &str, text: &str) -> SendParams
         from_alias: from.into(),
         to_alias: Some(to.into()),
         group_room: Some(false),
+        idempotency_key: None,
     }
 }
 
@@ -64,9 +67,14 @@ fn private_send(room: &RoomName, from: &str, to: &str, text: &str) -> SendParams
 fn refusal(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {
     match result {
         Err(ClientError::Status { status, body }) => {
-            let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+            let code = body["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             assert!(
-                body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
                 "error body without a message: {body}"
             );
             (status, code)
@@ -82,17 +90,28 @@ async fn sends_are_stored_in_order_and_listed_oldest_first(backend: Backend) {
     let texts = ["test message 1", "test message 2", "another message"];
     for (i, text) in texts.iter().enumerate() {
         let from = if i % 2 == 0 { &ann } else { &bob };
-        let sent = t.client.send(&group_send(&r, from.as_str(), text)).await.unwrap();
+        let sent = t
+            .client
+            .send(&group_send(&r, from.as_str(), text))
+            .await
+            .unwrap();
         assert_eq!(sent.status, "stored");
         let props = &sent.message.mess_props;
         assert_eq!(props.sequence_number, Some(i as u64 + 1));
         assert_eq!(props.from_user, *from);
-        assert_eq!(props.to_user, r.as_str(), "a group message goes to the room's exchange");
+        assert_eq!(
+            props.to_user,
+            r.as_str(),
+            "a group message goes to the room's exchange"
+        );
         assert!(props.rec_time.is_some());
     }
     let listed = t.client.messages(r.as_str(), None).await.unwrap();
     assert_eq!(listed, texts);
-    assert_eq!(t.client.messages(r.as_str(), Some(2)).await.unwrap(), texts[1..]);
+    assert_eq!(
+        t.client.messages(r.as_str(), Some(2)).await.unwrap(),
+        texts[1..]
+    );
     t.cleanup().await;
 }
 
@@ -121,7 +140,12 @@ async fn private_room_holds_exactly_two_aliases(backend: Backend) {
     assert_eq!(refusal(third), (403, "private_room_full".into()));
     let to_third = t
         .client
-        .send(&private_send(&r, ann.as_str(), eve.as_str(), "wrong recipient"))
+        .send(&private_send(
+            &r,
+            ann.as_str(),
+            eve.as_str(),
+            "wrong recipient",
+        ))
         .await;
     assert_eq!(refusal(to_third), (403, "private_room_full".into()));
     assert_eq!(
@@ -129,7 +153,10 @@ async fn private_room_holds_exactly_two_aliases(backend: Backend) {
         ["hi bob", "hi ann", "hi ann"]
     );
     let members = t.server().service().room(&r).unwrap().members();
-    assert_eq!(members.into_iter().collect::<BTreeSet<_>>(), BTreeSet::from([ann, bob]));
+    assert_eq!(
+        members.into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([ann, bob])
+    );
     t.cleanup().await;
 }
 
@@ -138,7 +165,10 @@ async fn group_room_adds_each_new_sender_as_a_member(backend: Backend) {
     let r = room("club");
     let senders = [alias("ann"), alias("bob"), alias("cat")];
     for a in &senders {
-        t.client.send(&group_send(&r, a.as_str(), "hello")).await.unwrap();
+        t.client
+            .send(&group_send(&r, a.as_str(), "hello"))
+            .await
+            .unwrap();
     }
     let chat_room = t.server().service().room(&r).unwrap();
     assert_eq!(chat_room.owner_alias(), senders[0]);
@@ -151,7 +181,10 @@ async fn send_contradicting_the_room_kind_gets_409(backend: Backend) {
     let t = TestServer::start(backend).await;
     let (g, p) = (room("grp"), room("prv"));
     let (ann, bob) = (alias("ann"), alias("bob"));
-    t.client.send(&group_send(&g, ann.as_str(), "x")).await.unwrap();
+    t.client
+        .send(&group_send(&g, ann.as_str(), "x"))
+        .await
+        .unwrap();
     t.client
         .send(&private_send(&p, ann.as_str(), bob.as_str(), "x"))
         .await
@@ -180,7 +213,11 @@ async fn unicode_and_url_special_text_round_trips(backend: Backend) {
         "nul\0inside",
     ];
     for text in texts {
-        let sent = t.client.send(&group_send(&r, ann.as_str(), text)).await.unwrap();
+        let sent = t
+            .client
+            .send(&group_send(&r, ann.as_str(), text))
+            .await
+            .unwrap();
         assert_eq!(sent.message.message, text);
     }
     assert_eq!(t.client.messages(r.as_str(), None).await.unwrap(), texts);
@@ -206,12 +243,19 @@ async fn restart_restores_history_from_the_store(backend: Backend) {
 
     let expected: Vec<String> = (1..=5).map(|i| format!("g{i}")).collect();
     assert_eq!(t.client.messages(g.as_str(), None).await.unwrap(), expected);
-    assert_eq!(t.client.messages(p.as_str(), None).await.unwrap(), ["secret"]);
+    assert_eq!(
+        t.client.messages(p.as_str(), None).await.unwrap(),
+        ["secret"]
+    );
     let restored = t.server().service().room(&p).unwrap();
     assert!(!restored.group_room());
     assert_eq!(restored.members(), [ann.clone(), bob.clone()]);
     // Numbering continues where it stopped; membership rules still hold.
-    let next = t.client.send(&group_send(&g, bob.as_str(), "g6")).await.unwrap();
+    let next = t
+        .client
+        .send(&group_send(&g, bob.as_str(), "g6"))
+        .await
+        .unwrap();
     assert_eq!(next.message.mess_props.sequence_number, Some(6));
     let eve = alias("eve");
     let third = t
@@ -226,35 +270,130 @@ async fn bad_inputs_get_a_4xx_with_a_json_error(backend: Backend) {
     let t = TestServer::start(backend).await;
     let r = room("bad");
     let (ann, bob) = (alias("ann"), alias("bob"));
-    t.client.send(&group_send(&r, ann.as_str(), "exists")).await.unwrap();
+    t.client
+        .send(&group_send(&r, ann.as_str(), "exists"))
+        .await
+        .unwrap();
     let long_name = "n".repeat(65);
     let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
     let fresh = unique("fresh");
     let cases: Vec<(String, u16, &str)> = vec![
-        (format!("/send/?message=hi&from_alias={ann}"), 400, "bad_request"),
-        (format!("/send/?room_name=&message=hi&from_alias={ann}"), 400, "bad_request"),
-        (format!("/send/?room_name=amq.gen&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
-        (format!("/send/?room_name=system.users&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
-        (format!("/send/?room_name=a%24b&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
-        (format!("/send/?room_name=a%00b&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
-        (format!("/send/?room_name=..%2F..&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
-        (format!("/send/?room_name={long_name}&message=hi&from_alias={ann}&group_room=true"), 400, "invalid_name"),
-        (format!("/send/?room_name={r}&message=hi&group_room=true"), 400, "bad_request"),
-        (format!("/send/?room_name={r}&message=hi&from_alias=b%20d&group_room=true"), 400, "invalid_name"),
-        (format!("/send/?room_name={r}&message=hi&from_alias={ann}&to_alias=amq.x"), 400, "invalid_name"),
-        (format!("/send/?room_name={r}&from_alias={ann}&group_room=true"), 400, "bad_request"),
-        (format!("/send/?room_name={r}&message=&from_alias={ann}&group_room=true"), 400, "bad_request"),
-        (format!("/send/?room_name={r}&message={big}&from_alias={ann}&group_room=true"), 413, "message_too_large"),
-        (format!("/send/?room_name={r}&message=hi&from_alias={ann}&group_room=maybe"), 400, "bad_request"),
-        (format!("/send/?room_name={r}&message=%FF%FE&from_alias={ann}&group_room=true"), 400, "bad_request"),
-        (format!("/send/?room_name={fresh}&message=hi&from_alias={ann}"), 400, "bad_request"),
-        (format!("/send/?room_name={fresh}&message=hi&from_alias={bob}&to_alias={bob}"), 400, "bad_request"),
+        (
+            format!("/send/?message=hi&from_alias={ann}"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/send/?room_name=&message=hi&from_alias={ann}"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/send/?room_name=amq.gen&message=hi&from_alias={ann}&group_room=true"),
+            400,
+            "invalid_name",
+        ),
+        (
+            format!("/send/?room_name=system.users&message=hi&from_alias={ann}&group_room=true"),
+            400,
+            "invalid_name",
+        ),
+        (
+            format!("/send/?room_name=a%24b&message=hi&from_alias={ann}&group_room=true"),
+            400,
+            "invalid_name",
+        ),
+        (
+            format!("/send/?room_name=a%00b&message=hi&from_alias={ann}&group_room=true"),
+            400,
+            "invalid_name",
+        ),
+        (
+            format!("/send/?room_name=..%2F..&message=hi&from_alias={ann}&group_room=true"),
+            400,
+            "invalid_name",
+        ),
+        (
+            format!("/send/?room_name={long_name}&message=hi&from_alias={ann}&group_room=true"),
+            400,
+            "invalid_name",
+        ),
+        (
+            format!("/send/?room_name={r}&message=hi&group_room=true"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/send/?room_name={r}&message=hi&from_alias=b%20d&group_room=true"),
+            400,
+            "invalid_name",
+        ),
+        (
+            format!("/send/?room_name={r}&message=hi&from_alias={ann}&to_alias=amq.x"),
+            400,
+            "invalid_name",
+        ),
+        (
+            format!("/send/?room_name={r}&from_alias={ann}&group_room=true"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/send/?room_name={r}&message=&from_alias={ann}&group_room=true"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/send/?room_name={r}&message={big}&from_alias={ann}&group_room=true"),
+            413,
+            "message_too_large",
+        ),
+        (
+            format!("/send/?room_name={r}&message=hi&from_alias={ann}&group_room=maybe"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/send/?room_name={r}&message=%FF%FE&from_alias={ann}&group_room=true"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/send/?room_name={fresh}&message=hi&from_alias={ann}"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/send/?room_name={fresh}&message=hi&from_alias={bob}&to_alias={bob}"),
+            400,
+            "bad_request",
+        ),
         ("/messages/".to_string(), 400, "bad_request"),
-        (format!("/messages/?room_name={}", unique("nosuch")), 404, "room_not_found"),
-        (format!("/messages/?room_name={r}&limit=abc"), 400, "bad_request"),
-        (format!("/messages/?room_name={r}&limit=0"), 400, "bad_request"),
-        (format!("/messages/?room_name={r}&limit=100000"), 400, "bad_request"),
-        (format!("/messages/?room_name={r}&limit=-1"), 400, "bad_request"),
+        (
+            format!("/messages/?room_name={}", unique("nosuch")),
+            404,
+            "room_not_found",
+        ),
+        (
+            format!("/messages/?room_name={r}&limit=abc"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/messages/?room_name={r}&limit=0"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/messages/?room_name={r}&limit=100000"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/messages/?room_name={r}&limit=-1"),
+            400,
+            "bad_request",
+        ),
         ("/no/such/endpoint".to_string(), 404, "not_found"),
     ];
     let http = reqwest::Client::new();
@@ -265,14 +404,21 @@ async fn bad_inputs_get_a_4xx_with_a_json_error(backend: Backend) {
         let shown: String = path.chars().take(100).collect();
         assert_eq!(got, status, "{shown} → {body}");
         assert_eq!(body["error"]["code"], code, "{shown} → {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
     let post = http.post(t.url("/send/")).send().await.unwrap();
     assert_eq!(post.status().as_u16(), 405);
     let body: Value = post.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed");
     // Nothing of the refused sends got in; the fresh room was not created.
-    assert_eq!(t.client.messages(r.as_str(), None).await.unwrap(), ["exists"]);
+    assert_eq!(
+        t.client.messages(r.as_str(), None).await.unwrap(),
+        ["exists"]
+    );
     assert_eq!(refusal(t.client.messages(&fresh, None).await).0, 404);
     t.cleanup().await;
 }
@@ -284,12 +430,19 @@ async fn message_at_the_size_limit_is_accepted_and_one_byte_more_is_413(backend:
     // Multi-byte characters: the limit counts bytes of UTF-8, not characters.
     let at_limit = "é".repeat(MAX_MESSAGE_BYTES / 2);
     assert_eq!(at_limit.len(), MAX_MESSAGE_BYTES);
-    let sent = t.client.send(&group_send(&r, ann.as_str(), &at_limit)).await.unwrap();
+    let sent = t
+        .client
+        .send(&group_send(&r, ann.as_str(), &at_limit))
+        .await
+        .unwrap();
     assert_eq!(sent.message.message.len(), MAX_MESSAGE_BYTES);
     let over = format!("{at_limit}x");
     let refused = t.client.send(&group_send(&r, ann.as_str(), &over)).await;
     assert_eq!(refusal(refused), (413, "message_too_large".into()));
-    assert_eq!(t.client.messages(r.as_str(), None).await.unwrap(), [at_limit]);
+    assert_eq!(
+        t.client.messages(r.as_str(), None).await.unwrap(),
+        [at_limit]
+    );
     t.cleanup().await;
 }
 
@@ -310,10 +463,22 @@ async fn history_spans_cache_and_store_without_gap_or_duplicate(backend: Backend
     assert_eq!(t.server().service().room(&r).unwrap().len(), 5);
     let texts = |from: usize, to: usize| (from..=to).map(|i| format!("m{i}")).collect::<Vec<_>>();
     for _ in 0..2 {
-        assert_eq!(t.client.messages(r.as_str(), Some(10)).await.unwrap(), texts(3, 12));
-        assert_eq!(t.client.messages(r.as_str(), Some(5)).await.unwrap(), texts(8, 12));
-        assert_eq!(t.client.messages(r.as_str(), Some(6)).await.unwrap(), texts(7, 12));
-        assert_eq!(t.client.messages(r.as_str(), Some(1000)).await.unwrap(), texts(1, 12));
+        assert_eq!(
+            t.client.messages(r.as_str(), Some(10)).await.unwrap(),
+            texts(3, 12)
+        );
+        assert_eq!(
+            t.client.messages(r.as_str(), Some(5)).await.unwrap(),
+            texts(8, 12)
+        );
+        assert_eq!(
+            t.client.messages(r.as_str(), Some(6)).await.unwrap(),
+            texts(7, 12)
+        );
+        assert_eq!(
+            t.client.messages(r.as_str(), Some(1000)).await.unwrap(),
+            texts(1, 12)
+        );
         t.restart().await;
     }
     t.cleanup().await;
@@ -325,7 +490,12 @@ async fn health_and_readiness_report_ok(backend: Backend) {
         let response = reqwest::get(t.url(path)).await.unwrap();
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
-    let ready: Value = reqwest::get(t.url("/readyz")).await.unwrap().json().await.unwrap();
+    let ready: Value = reqwest::get(t.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["broker"], true);
     assert_eq!(ready["store"], true);
     t.cleanup().await;
@@ -335,10 +505,16 @@ async fn rooms_and_aliases_share_one_namespace(backend: Backend) {
     let t = TestServer::start(backend).await;
     let r = room("space");
     let ann = alias("ann");
-    t.client.send(&group_send(&r, ann.as_str(), "x")).await.unwrap();
+    t.client
+        .send(&group_send(&r, ann.as_str(), "x"))
+        .await
+        .unwrap();
     // A room may not be named after an alias in use (its queue is that alias's inbox)...
     let as_room = RoomName::new(ann.as_str()).unwrap();
-    let refused = t.client.send(&group_send(&as_room, ann.as_str(), "x")).await;
+    let refused = t
+        .client
+        .send(&group_send(&as_room, ann.as_str(), "x"))
+        .await;
     assert_eq!(refusal(refused), (409, "name_taken".into()));
     // ... nor may an alias be a room's name.
     let refused = t.client.send(&group_send(&r, r.as_str(), "x")).await;
@@ -381,18 +557,80 @@ async fn cli_send_and_messages_talk_to_the_server(backend: Backend) {
             .env("MESS_CHAT_SERVER", t.client.base())
             .output()
             .expect("mess-chat runs");
-        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
     };
-    let (ok, out) = cli(&["send", "--room", r.as_str(), "--from", ann.as_str(), "--to", bob.as_str(), "hello from the CLI"]);
+    let (ok, out) = cli(&[
+        "send",
+        "--room",
+        r.as_str(),
+        "--from",
+        ann.as_str(),
+        "--to",
+        bob.as_str(),
+        "hello from the CLI",
+    ]);
     assert!(ok, "{out}");
     assert!(out.contains("\"stored\""), "{out}");
-    let (ok, _) = cli(&["send", "--room", r.as_str(), "--from", bob.as_str(), "and back"]);
+    let (ok, _) = cli(&[
+        "send",
+        "--room",
+        r.as_str(),
+        "--from",
+        bob.as_str(),
+        "and back",
+    ]);
     assert!(ok);
     let (ok, out) = cli(&["messages", "--room", r.as_str()]);
     assert!(ok);
     assert_eq!(out, "hello from the CLI\nand back\n");
-    let (ok, _) = cli(&["send", "--room", r.as_str(), "--from", alias("eve").as_str(), "intruder"]);
+    let (ok, _) = cli(&[
+        "send",
+        "--room",
+        r.as_str(),
+        "--from",
+        alias("eve").as_str(),
+        "intruder",
+    ]);
     assert!(!ok, "a refused send exits non-zero");
     tokio::time::sleep(Duration::from_millis(1)).await;
+    t.cleanup().await;
+}
+
+async fn retries_with_one_idempotency_key_are_stored_once(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("retry");
+    let ann = alias("ann");
+    let mut params = group_send(&r, ann.as_str(), "exactly once");
+    params.idempotency_key = Some("client-key-1".into());
+    let first = t.client.send(&params).await.unwrap();
+    let again = t.client.send(&params).await.unwrap();
+    assert_eq!(again.status, "stored");
+    assert_eq!(again.message.mess_props.id, first.message.mess_props.id);
+    assert_eq!(again.message.mess_props.sequence_number, Some(1));
+    // Concurrent retries too: every one answers with the one stored message.
+    params.idempotency_key = Some("client-key-2".into());
+    params.message = "also once".into();
+    let retries: Vec<_> = (0..5)
+        .map(|_| {
+            let (client, params) = (t.client.clone(), params.clone());
+            tokio::spawn(async move { client.send(&params).await })
+        })
+        .collect();
+    let mut numbers = BTreeSet::new();
+    for retry in retries {
+        numbers.insert(retry.await.unwrap().unwrap().message.mess_props.sequence_number);
+    }
+    assert_eq!(numbers, BTreeSet::from([Some(2)]));
+    let next = t.client.send(&group_send(&r, ann.as_str(), "next")).await.unwrap();
+    assert_eq!(next.message.mess_props.sequence_number, Some(3), "no number was spent on retries");
+    assert_eq!(
+        t.client.messages(r.as_str(), None).await.unwrap(),
+        ["exactly once", "also once", "next"]
+    );
+    params.idempotency_key = Some("k".repeat(129));
+    assert_eq!(refusal(t.client.send(&params).await), (400, "bad_request".into()));
     t.cleanup().await;
 }

@@ -114,6 +114,7 @@ async fn group_room_topology_is_declared_on_the_broker() {
             from_alias: a.to_string(),
             to_alias: None,
             group_room: Some(true),
+            idempotency_key: None,
         };
         t.client.send(&params).await.unwrap();
     }
@@ -187,6 +188,7 @@ async fn private_room_has_its_queue_and_no_exchange() {
         from_alias: ann.to_string(),
         to_alias: Some(bob.to_string()),
         group_room: Some(false),
+        idempotency_key: None,
     };
     t.client.send(&params).await.unwrap();
     let conn = observer().await;
@@ -326,6 +328,7 @@ fn group_request(r: &RoomName, from: &Alias, text: &str) -> SendRequest {
         from_alias: from.clone(),
         to_alias: None,
         group_room: Some(true),
+        idempotency_key: None,
     }
 }
 

@@ -23,6 +23,7 @@ pub struct SendQuery {
     from_alias: Option<String>,
     to_alias: Option<String>,
     group_room: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 /// Answer of `GET /send/`.
@@ -104,6 +105,7 @@ pub async fn send(
         from_alias: alias(required(q.from_alias, "from_alias")?)?,
         to_alias: optional(q.to_alias).map(alias).transpose()?,
         group_room: optional(q.group_room).map(|v| parse_bool(&v)).transpose()?,
+        idempotency_key: q.idempotency_key,
     };
     let (status, label, message) = match state.service.send(request).await? {
         SendOutcome::Stored(m) => (StatusCode::OK, "stored", m),

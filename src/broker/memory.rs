@@ -3,7 +3,8 @@
 //! acks, redelivery of what a consumer left unacked, one active consumer per queue).
 //!
 //! It is not durable: a message it confirmed but the room had not stored yet is gone if the
-//! process dies. Acknowledged sends wait for the store (see the HTTP API), which narrows that window.
+//! process dies. So the service never acknowledges a send through this broker before the message
+//! is stored (see `ChatService::send`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -205,6 +206,10 @@ impl Broker for MemoryBroker {
 
     async fn consume_inbox(&self, alias: &Alias) -> Result<Box<dyn DeliveryStream>, BrokerError> {
         self.consume_queue(alias.as_str())
+    }
+
+    fn durable(&self) -> bool {
+        false
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -73,6 +73,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Starts consuming `alias`'s inbox queue (a copy of every message of its group rooms).
     async fn consume_inbox(&self, alias: &Alias) -> Result<Box<dyn DeliveryStream>, BrokerError>;
 
+    /// Whether a confirmed message survives a crash of this process (RabbitMQ: yes, persistent
+    /// messages on durable queues; the in-process broker: no).
+    fn durable(&self) -> bool;
+
     /// Checks that the broker can be used now (connecting if need be).
     async fn ping(&self) -> Result<(), BrokerError>;
 }

@@ -305,6 +305,10 @@ impl Broker for RabbitBroker {
         self.consume_queue(alias.as_str()).await
     }
 
+    fn durable(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> Result<(), BrokerError> {
         self.link().await.map(|_| ())
     }

@@ -8,6 +8,11 @@ use super::names::{Alias, RoomName};
 
 /// Largest accepted message text, in bytes of UTF-8. Larger sends are refused with 413.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Longest accepted client idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// Namespace of the ids derived from idempotency keys (UUIDv5).
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6d65_7373_2d63_6861_742d_6964_656d_706f);
 
 /// Whether a message is as its sender published it, or as the room's consumer received it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +66,13 @@ impl MessageProperties {
     }
 }
 
+/// The message id a send with this idempotency key gets: the same room, sender and key always
+/// give the same id, so a client's retry is recognised by the store and stored once.
+pub fn idempotent_id(room: &RoomName, from: &Alias, key: &str) -> Uuid {
+    let name = format!("{room}\u{0}{from}\u{0}{key}");
+    Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes())
+}
+
 /// A message: its text, its properties, and whether it still has to be saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -108,6 +120,16 @@ mod tests {
             msg.mess_props.sent_time.timestamp_subsec_nanos() % 1_000_000,
             0
         );
+    }
+
+    #[test]
+    fn idempotent_ids_depend_on_room_sender_and_key() {
+        let (r, a) = (RoomName::new("r").unwrap(), Alias::new("a").unwrap());
+        let id = idempotent_id(&r, &a, "k1");
+        assert_eq!(id, idempotent_id(&r, &a, "k1"));
+        assert_ne!(id, idempotent_id(&r, &a, "k2"));
+        assert_ne!(id, idempotent_id(&r, &Alias::new("b").unwrap(), "k1"));
+        assert_ne!(id, idempotent_id(&RoomName::new("s").unwrap(), &a, "k1"));
     }
 
     #[test]

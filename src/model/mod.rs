@@ -5,8 +5,8 @@ mod meta;
 mod names;
 
 pub use message::{
-    ChatMessage, MAX_MESSAGE_BYTES, MESS_TYPE_RECEIVED, MESS_TYPE_SENT, MessageProperties,
-    MessageType, now,
+    ChatMessage, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MESS_TYPE_RECEIVED, MESS_TYPE_SENT,
+    MessageProperties, MessageType, idempotent_id, now,
 };
 pub use meta::{RoomListMeta, RoomMeta};
 pub use names::{Alias, MAX_NAME_LEN, NameError, RoomName};

@@ -96,8 +96,9 @@ struct State {
     modify_time: DateTime<Utc>,
     /// Highest sequence number handed out; the next message gets one more.
     last_sequence: u64,
-    /// Senders waiting to learn that their message (by id) was stored.
-    waiters: HashMap<Uuid, oneshot::Sender<ChatMessage>>,
+    /// Senders waiting to learn that their message (by id) was stored; several when a client
+    /// retries with one idempotency key while the first attempt still waits.
+    waiters: HashMap<Uuid, Vec<oneshot::Sender<ChatMessage>>>,
 }
 
 impl ChatRoom {
@@ -358,13 +359,19 @@ impl ChatRoom {
     /// Registers interest in the message with `id`: the receiver gets it once it is stored.
     pub fn register_waiter(&self, id: Uuid) -> oneshot::Receiver<ChatMessage> {
         let (tx, rx) = oneshot::channel();
-        self.state().waiters.insert(id, tx);
+        self.state().waiters.entry(id).or_default().push(tx);
         rx
     }
 
-    /// Drops interest in a message (after a failed send or a timeout).
+    /// Drops the interest of senders that gave up on a message (failed send or timeout).
     pub fn forget_waiter(&self, id: &Uuid) {
-        self.state().waiters.remove(id);
+        let mut state = self.state();
+        if let Some(waiting) = state.waiters.get_mut(id) {
+            waiting.retain(|tx| !tx.is_closed());
+            if waiting.is_empty() {
+                state.waiters.remove(id);
+            }
+        }
     }
 
     // ----- store -----

@@ -187,9 +187,9 @@ impl ChatRoom {
     }
 
     fn wake(&self, stored: ChatMessage) {
-        let waiter = self.state().waiters.remove(&stored.mess_props.id);
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(stored);
+        let waiting = self.state().waiters.remove(&stored.mess_props.id);
+        for waiter in waiting.into_iter().flatten() {
+            let _ = waiter.send(stored.clone());
         }
     }
 }

@@ -13,7 +13,10 @@ use tokio_util::task::TaskTracker;
 pub use error::ChatError;
 
 use crate::broker::Broker;
-use crate::model::{Alias, ChatMessage, MAX_MESSAGE_BYTES, MessageProperties, RoomName};
+use crate::model::{
+    Alias, ChatMessage, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MessageProperties, RoomName,
+    idempotent_id,
+};
 use crate::room::{ChatRoom, RoomList};
 use crate::store::Store;
 
@@ -27,7 +30,8 @@ pub const MAX_HISTORY_LIMIT: usize = 1000;
 pub struct ServiceConfig {
     /// Messages kept in each room's cache.
     pub cache_capacity: usize,
-    /// How long a send waits for its message to be stored before answering "accepted" instead.
+    /// How long a send waits for its message to be stored before answering "accepted" instead
+    /// (or 503 on a broker that is not durable).
     pub store_wait: Duration,
 }
 
@@ -53,6 +57,8 @@ pub struct SendRequest {
     pub to_alias: Option<Alias>,
     /// The kind the sender expects; `None` means "whatever the room is" (private if new).
     pub group_room: Option<bool>,
+    /// Client key making retries safe: sends with the same room, sender and key are one message.
+    pub idempotency_key: Option<String>,
 }
 
 /// How far a send got before the service answered.
@@ -161,6 +167,13 @@ impl ChatService {
         if request.message.len() > MAX_MESSAGE_BYTES {
             return Err(ChatError::MessageTooLarge(request.message.len()));
         }
+        if let Some(key) = &request.idempotency_key
+            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
+        {
+            return Err(ChatError::BadRequest(format!(
+                "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes long"
+            )));
+        }
         let room = match self.inner.rooms.find(&request.room_name) {
             Some(room) => room,
             None => self.create_room(&request).await?,
@@ -184,8 +197,11 @@ impl ChatService {
         } else {
             self.private_recipient(&room, &request)?.to_string()
         };
-        let props =
+        let mut props =
             MessageProperties::new_sent(room.name().clone(), request.from_alias.clone(), to_user);
+        if let Some(key) = &request.idempotency_key {
+            props.id = idempotent_id(room.name(), &request.from_alias, key);
+        }
         let id = props.id;
         let stored = room.register_waiter(id);
         let sent = match room.send_message(request.message, props).await {
@@ -195,12 +211,21 @@ impl ChatService {
                 return Err(e.into());
             }
         };
-        match tokio::time::timeout(self.inner.config.store_wait, stored).await {
-            Ok(Ok(stored)) => Ok(SendOutcome::Stored(stored)),
-            _ => {
-                room.forget_waiter(&id);
-                Ok(SendOutcome::Accepted(sent))
-            }
+        let stored = tokio::time::timeout(self.inner.config.store_wait, stored).await;
+        if let Ok(Ok(stored)) = stored {
+            return Ok(SendOutcome::Stored(stored));
+        }
+        room.forget_waiter(&id);
+        if self.inner.broker.durable() {
+            // The broker holds it durably: it will be stored once the store can take it.
+            Ok(SendOutcome::Accepted(sent))
+        } else {
+            // Only this process holds it: no acknowledgement before it is stored.
+            Err(ChatError::Unavailable(format!(
+                "message {id} was not stored within {:?}; it may still be stored: retry with \
+                 the same idempotency_key to send it exactly once",
+                self.inner.config.store_wait
+            )))
         }
     }
 
