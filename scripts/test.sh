@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 services=$(scripts/services.sh start)
 eval "$services"
 echo "test.sh: RabbitMQ at $MESS_CHAT_AMQP_URL, MongoDB-protocol server at $MESS_CHAT_MONGO_URL" >&2
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"

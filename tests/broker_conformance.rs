@@ -99,125 +99,168 @@ async fn assert_quiet(stream: &mut Box<dyn DeliveryStream>, what: &str) {
     }
 }
 
-/// The next delivery, which must carry `body` and have the given `redelivered` flag.
-async fn expect_body(stream: &mut Box<dyn DeliveryStream>, body: &[u8], redelivered: bool) -> Delivery {
+/// The next delivery, which must carry `body`.
+async fn expect_body(stream: &mut Box<dyn DeliveryStream>, body: &[u8]) -> Delivery {
     let delivery = next_delivery(stream).await;
     assert_eq!(
         String::from_utf8_lossy(&delivery.body),
         String::from_utf8_lossy(body)
     );
-    assert_eq!(delivery.redelivered, redelivered, "redelivered flag");
     delivery
 }
 
+/// The next delivery must be `body`, delivered for the first time; it is acked.
+async fn expect_fresh(stream: &mut Box<dyn DeliveryStream>, body: &[u8]) {
+    let delivery = expect_body(stream, body).await;
+    assert!(
+        !delivery.redelivered,
+        "a first delivery is not marked redelivered"
+    );
+    delivery.ack().await.expect("ack");
+}
+
+/// The next delivery must be the marker published after the previous consumer went away; it is
+/// acked. Its redelivered flag is not checked: RabbitMQ closes a dropped consumer's channel in the
+/// background, and may have pushed the marker to it first (and then requeued it).
+async fn expect_marker(stream: &mut Box<dyn DeliveryStream>) {
+    expect_body(stream, MARKER)
+        .await
+        .ack()
+        .await
+        .expect("ack marker");
+}
+
+/// Published after a consumer went away: what the next consumer must see first.
+const MARKER: &[u8] = b"marker";
+
 async fn an_acked_message_is_gone_for_the_next_consumer(backend: Backend) {
     let room = common::room("ack");
-    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
-        broker.declare_room(&room, false).await.expect("declare");
-        // Not JSON, not UTF-8: the broker carries bytes as they are.
-        let body = b"hello \x00\xff\xfe \xc3\xa9".to_vec();
-        broker.publish(&room, false, body.clone()).await.expect("publish");
+    with_broker(
+        backend,
+        &[(room.clone(), false)],
+        &[],
+        |broker| async move {
+            broker.declare_room(&room, false).await.expect("declare");
+            // Not JSON, not UTF-8: the broker carries bytes as they are.
+            let body = b"hello \x00\xff\xfe \xc3\xa9".to_vec();
+            broker
+                .publish(&room, false, body.clone())
+                .await
+                .expect("publish");
 
-        let mut first = broker.consume(&room).await.expect("consume");
-        let delivery = next_delivery(&mut first).await;
-        assert_eq!(delivery.body, body);
-        assert!(!delivery.redelivered);
-        delivery.ack().await.expect("ack");
-        drop(first);
+            let mut first = broker.consume(&room).await.expect("consume");
+            let delivery = next_delivery(&mut first).await;
+            assert_eq!(delivery.body, body);
+            assert!(!delivery.redelivered);
+            delivery.ack().await.expect("ack");
+            drop(first);
 
-        // A marker published after the ack must be the next consumer's first delivery: were the
-        // acked message still queued, it would come first.
-        broker
-            .publish(&room, false, b"marker".to_vec())
-            .await
-            .expect("publish marker");
-        let mut second = broker.consume(&room).await.expect("consume again");
-        expect_body(&mut second, b"marker", false)
-            .await
-            .ack()
-            .await
-            .expect("ack marker");
-        assert_quiet(&mut second, "after the ack").await;
-    })
+            // A marker published after the ack must be the next consumer's first delivery: were the
+            // acked message still queued, it would come first.
+            broker
+                .publish(&room, false, MARKER.to_vec())
+                .await
+                .expect("publish marker");
+            let mut second = broker.consume(&room).await.expect("consume again");
+            expect_marker(&mut second).await;
+            assert_quiet(&mut second, "after the ack").await;
+        },
+    )
     .await
 }
 
 async fn messages_come_out_in_publish_order(backend: Backend) {
     let room = common::room("order");
-    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
-        broker.declare_room(&room, false).await.expect("declare");
-        let bodies: Vec<Vec<u8>> = (1..=50).map(|i| format!("message {i}").into_bytes()).collect();
-        for body in &bodies {
-            broker.publish(&room, false, body.clone()).await.expect("publish");
-        }
+    with_broker(
+        backend,
+        &[(room.clone(), false)],
+        &[],
+        |broker| async move {
+            broker.declare_room(&room, false).await.expect("declare");
+            let bodies: Vec<Vec<u8>> = (1..=50)
+                .map(|i| format!("message {i}").into_bytes())
+                .collect();
+            for body in &bodies {
+                broker
+                    .publish(&room, false, body.clone())
+                    .await
+                    .expect("publish");
+            }
 
-        let mut stream = broker.consume(&room).await.expect("consume");
-        let mut received = Vec::new();
-        for _ in &bodies {
-            let delivery = next_delivery(&mut stream).await;
-            received.push(delivery.body.clone());
-            delivery.ack().await.expect("ack");
-        }
-        assert_eq!(received, bodies);
-        assert_quiet(&mut stream, "after all 50").await;
-    })
+            let mut stream = broker.consume(&room).await.expect("consume");
+            let mut received = Vec::new();
+            for _ in &bodies {
+                let delivery = next_delivery(&mut stream).await;
+                received.push(delivery.body.clone());
+                delivery.ack().await.expect("ack");
+            }
+            assert_eq!(received, bodies);
+            assert_quiet(&mut stream, "after all 50").await;
+        },
+    )
     .await
 }
 
 async fn an_unacked_delivery_is_redelivered_after_its_consumer_goes(backend: Backend) {
     let room = common::room("redeliver");
-    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
-        broker.declare_room(&room, false).await.expect("declare");
-        broker
-            .publish(&room, false, b"keep me".to_vec())
-            .await
-            .expect("publish");
+    with_broker(
+        backend,
+        &[(room.clone(), false)],
+        &[],
+        |broker| async move {
+            broker.declare_room(&room, false).await.expect("declare");
+            broker
+                .publish(&room, false, b"keep me".to_vec())
+                .await
+                .expect("publish");
 
-        let mut first = broker.consume(&room).await.expect("consume");
-        let unacked = expect_body(&mut first, b"keep me", false).await;
-        // Neither acked nor rejected: dropping the consumer hands the message back. (RabbitMQ
-        // closes the channel in the background; the next delivery's bounded wait covers that.)
-        drop(unacked);
-        drop(first);
+            let mut first = broker.consume(&room).await.expect("consume");
+            let unacked = expect_body(&mut first, b"keep me").await;
+            assert!(!unacked.redelivered);
+            // Neither acked nor rejected: dropping the consumer hands the message back. (RabbitMQ
+            // closes the channel in the background; the next delivery's bounded wait covers that.)
+            drop(unacked);
+            drop(first);
 
-        let mut second = broker.consume(&room).await.expect("consume again");
-        let again = expect_body(&mut second, b"keep me", true).await;
-        again.ack().await.expect("ack");
-        assert_quiet(&mut second, "after acking the redelivery").await;
-    })
+            let mut second = broker.consume(&room).await.expect("consume again");
+            let again = expect_body(&mut second, b"keep me").await;
+            assert!(again.redelivered, "a redelivery is marked as such");
+            again.ack().await.expect("ack");
+            assert_quiet(&mut second, "after acking the redelivery").await;
+        },
+    )
     .await
 }
 
 async fn a_rejected_delivery_is_dropped_without_redelivery(backend: Backend) {
     let room = common::room("reject");
-    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
-        broker.declare_room(&room, false).await.expect("declare");
-        broker
-            .publish(&room, false, b"poison".to_vec())
-            .await
-            .expect("publish");
+    with_broker(
+        backend,
+        &[(room.clone(), false)],
+        &[],
+        |broker| async move {
+            broker.declare_room(&room, false).await.expect("declare");
+            broker
+                .publish(&room, false, b"poison".to_vec())
+                .await
+                .expect("publish");
 
-        let mut first = broker.consume(&room).await.expect("consume");
-        expect_body(&mut first, b"poison", false)
-            .await
-            .reject()
-            .await
-            .expect("reject");
-        assert_quiet(&mut first, "after the reject").await;
-        drop(first);
+            let mut first = broker.consume(&room).await.expect("consume");
+            let poison = expect_body(&mut first, b"poison").await;
+            assert!(!poison.redelivered);
+            poison.reject().await.expect("reject");
+            assert_quiet(&mut first, "after the reject").await;
+            drop(first);
 
-        broker
-            .publish(&room, false, b"marker".to_vec())
-            .await
-            .expect("publish marker");
-        let mut second = broker.consume(&room).await.expect("consume again");
-        expect_body(&mut second, b"marker", false)
-            .await
-            .ack()
-            .await
-            .expect("ack marker");
-        assert_quiet(&mut second, "after the marker").await;
-    })
+            broker
+                .publish(&room, false, MARKER.to_vec())
+                .await
+                .expect("publish marker");
+            let mut second = broker.consume(&room).await.expect("consume again");
+            expect_marker(&mut second).await;
+            assert_quiet(&mut second, "after the marker").await;
+        },
+    )
     .await
 }
 
@@ -225,32 +268,45 @@ async fn a_group_publish_reaches_the_room_queue_and_every_member_inbox(backend: 
     let room = common::room("group");
     let (a, b) = (common::alias("ann"), common::alias("bob"));
     let aliases = [a.clone(), b.clone()];
-    with_broker(backend, &[(room.clone(), true)], &aliases, |broker| async move {
-        broker.declare_room(&room, true).await.expect("declare");
-        broker.bind_member(&room, &a).await.expect("bind a");
-        broker.bind_member(&room, &b).await.expect("bind b");
-        // Declaring and binding again changes nothing (idempotent).
-        broker.declare_room(&room, true).await.expect("declare again");
-        broker.bind_member(&room, &a).await.expect("bind a again");
-
-        broker
-            .publish(&room, true, b"to everyone".to_vec())
-            .await
-            .expect("publish");
-
-        for (what, mut stream) in [
-            ("room queue", broker.consume(&room).await.expect("consume room")),
-            ("inbox a", broker.consume_inbox(&a).await.expect("consume a")),
-            ("inbox b", broker.consume_inbox(&b).await.expect("consume b")),
-        ] {
-            expect_body(&mut stream, b"to everyone", false)
+    with_broker(
+        backend,
+        &[(room.clone(), true)],
+        &aliases,
+        |broker| async move {
+            broker.declare_room(&room, true).await.expect("declare");
+            broker.bind_member(&room, &a).await.expect("bind a");
+            broker.bind_member(&room, &b).await.expect("bind b");
+            // Declaring and binding again changes nothing (idempotent).
+            broker
+                .declare_room(&room, true)
                 .await
-                .ack()
+                .expect("declare again");
+            broker.bind_member(&room, &a).await.expect("bind a again");
+
+            broker
+                .publish(&room, true, b"to everyone".to_vec())
                 .await
-                .expect("ack");
-            assert_quiet(&mut stream, what).await;
-        }
-    })
+                .expect("publish");
+
+            for (what, mut stream) in [
+                (
+                    "room queue",
+                    broker.consume(&room).await.expect("consume room"),
+                ),
+                (
+                    "inbox a",
+                    broker.consume_inbox(&a).await.expect("consume a"),
+                ),
+                (
+                    "inbox b",
+                    broker.consume_inbox(&b).await.expect("consume b"),
+                ),
+            ] {
+                expect_fresh(&mut stream, b"to everyone").await;
+                assert_quiet(&mut stream, what).await;
+            }
+        },
+    )
     .await
 }
 
@@ -258,81 +314,92 @@ async fn an_unbound_member_no_longer_receives_group_messages(backend: Backend) {
     let room = common::room("unbind");
     let (a, b) = (common::alias("ann"), common::alias("bob"));
     let aliases = [a.clone(), b.clone()];
-    with_broker(backend, &[(room.clone(), true)], &aliases, |broker| async move {
-        broker.declare_room(&room, true).await.expect("declare");
-        broker.bind_member(&room, &a).await.expect("bind a");
-        broker.bind_member(&room, &b).await.expect("bind b");
-        let mut room_queue = broker.consume(&room).await.expect("consume room");
-        let mut inbox_a = broker.consume_inbox(&a).await.expect("consume a");
-        let mut inbox_b = broker.consume_inbox(&b).await.expect("consume b");
+    with_broker(
+        backend,
+        &[(room.clone(), true)],
+        &aliases,
+        |broker| async move {
+            broker.declare_room(&room, true).await.expect("declare");
+            broker.bind_member(&room, &a).await.expect("bind a");
+            broker.bind_member(&room, &b).await.expect("bind b");
+            let mut room_queue = broker.consume(&room).await.expect("consume room");
+            let mut inbox_a = broker.consume_inbox(&a).await.expect("consume a");
+            let mut inbox_b = broker.consume_inbox(&b).await.expect("consume b");
 
-        broker
-            .publish(&room, true, b"before".to_vec())
-            .await
-            .expect("publish");
-        for stream in [&mut room_queue, &mut inbox_a, &mut inbox_b] {
-            expect_body(stream, b"before", false).await.ack().await.expect("ack");
-        }
+            broker
+                .publish(&room, true, b"before".to_vec())
+                .await
+                .expect("publish");
+            for stream in [&mut room_queue, &mut inbox_a, &mut inbox_b] {
+                expect_fresh(stream, b"before").await;
+            }
 
-        broker.unbind_member(&room, &b).await.expect("unbind b");
-        broker
-            .publish(&room, true, b"after".to_vec())
-            .await
-            .expect("publish");
-        for stream in [&mut room_queue, &mut inbox_a] {
-            expect_body(stream, b"after", false).await.ack().await.expect("ack");
-        }
-        assert_quiet(&mut inbox_b, "inbox of the unbound member").await;
-    })
+            broker.unbind_member(&room, &b).await.expect("unbind b");
+            broker
+                .publish(&room, true, b"after".to_vec())
+                .await
+                .expect("publish");
+            for stream in [&mut room_queue, &mut inbox_a] {
+                expect_fresh(stream, b"after").await;
+            }
+            assert_quiet(&mut inbox_b, "inbox of the unbound member").await;
+        },
+    )
     .await
 }
 
 async fn publishing_to_an_undeclared_private_room_is_unroutable(backend: Backend) {
     let room = common::room("nowhere");
-    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
-        match broker.publish(&room, false, b"lost".to_vec()).await {
-            Err(BrokerError::Unroutable(name)) => assert_eq!(name, room.as_str()),
-            other => panic!("expected Unroutable, got {other:?}"),
-        }
-        // The broker is still usable afterwards.
-        broker.declare_room(&room, false).await.expect("declare");
-        broker
-            .publish(&room, false, b"found".to_vec())
-            .await
-            .expect("publish after declaring");
-        let mut stream = broker.consume(&room).await.expect("consume");
-        expect_body(&mut stream, b"found", false)
-            .await
-            .ack()
-            .await
-            .expect("ack");
-    })
+    with_broker(
+        backend,
+        &[(room.clone(), false)],
+        &[],
+        |broker| async move {
+            match broker.publish(&room, false, b"lost".to_vec()).await {
+                Err(BrokerError::Unroutable(name)) => assert_eq!(name, room.as_str()),
+                other => panic!("expected Unroutable, got {other:?}"),
+            }
+            // The broker is still usable afterwards.
+            broker.declare_room(&room, false).await.expect("declare");
+            broker
+                .publish(&room, false, b"found".to_vec())
+                .await
+                .expect("publish after declaring");
+            let mut stream = broker.consume(&room).await.expect("consume");
+            expect_fresh(&mut stream, b"found").await;
+        },
+    )
     .await
 }
 
 async fn consuming_a_deleted_room_fails(backend: Backend) {
     let room = common::room("deleted");
-    with_broker(backend, &[(room.clone(), false)], &[], |broker| async move {
-        broker.declare_room(&room, false).await.expect("declare");
-        broker
-            .publish(&room, false, b"doomed".to_vec())
-            .await
-            .expect("publish");
-        broker.delete_room(&room, false).await.expect("delete");
+    with_broker(
+        backend,
+        &[(room.clone(), false)],
+        &[],
+        |broker| async move {
+            broker.declare_room(&room, false).await.expect("declare");
+            broker
+                .publish(&room, false, b"doomed".to_vec())
+                .await
+                .expect("publish");
+            broker.delete_room(&room, false).await.expect("delete");
 
-        let consumed = timeout(DELIVERY_WAIT, broker.consume(&room))
-            .await
-            .expect("consume answers in time");
-        assert!(
-            consumed.is_err(),
-            "consuming a deleted room must fail, not wait"
-        );
-        // Its messages went with it: publishing there is now unroutable.
-        assert!(matches!(
-            broker.publish(&room, false, b"late".to_vec()).await,
-            Err(BrokerError::Unroutable(_))
-        ));
-    })
+            let consumed = timeout(DELIVERY_WAIT, broker.consume(&room))
+                .await
+                .expect("consume answers in time");
+            assert!(
+                consumed.is_err(),
+                "consuming a deleted room must fail, not wait"
+            );
+            // Its messages went with it: publishing there is now unroutable.
+            assert!(matches!(
+                broker.publish(&room, false, b"late".to_vec()).await,
+                Err(BrokerError::Unroutable(_))
+            ));
+        },
+    )
     .await
 }
 

@@ -621,16 +621,35 @@ async fn retries_with_one_idempotency_key_are_stored_once(backend: Backend) {
         .collect();
     let mut numbers = BTreeSet::new();
     for retry in retries {
-        numbers.insert(retry.await.unwrap().unwrap().message.mess_props.sequence_number);
+        numbers.insert(
+            retry
+                .await
+                .unwrap()
+                .unwrap()
+                .message
+                .mess_props
+                .sequence_number,
+        );
     }
     assert_eq!(numbers, BTreeSet::from([Some(2)]));
-    let next = t.client.send(&group_send(&r, ann.as_str(), "next")).await.unwrap();
-    assert_eq!(next.message.mess_props.sequence_number, Some(3), "no number was spent on retries");
+    let next = t
+        .client
+        .send(&group_send(&r, ann.as_str(), "next"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.message.mess_props.sequence_number,
+        Some(3),
+        "no number was spent on retries"
+    );
     assert_eq!(
         t.client.messages(r.as_str(), None).await.unwrap(),
         ["exactly once", "also once", "next"]
     );
     params.idempotency_key = Some("k".repeat(129));
-    assert_eq!(refusal(t.client.send(&params).await), (400, "bad_request".into()));
+    assert_eq!(
+        refusal(t.client.send(&params).await),
+        (400, "bad_request".into())
+    );
     t.cleanup().await;
 }

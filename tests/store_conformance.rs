@@ -108,7 +108,11 @@ async fn insert_range(store: &dyn Store, room: &RoomName, from: u64, to: u64) ->
 fn sequences(messages: &[ChatMessage]) -> Vec<u64> {
     messages
         .iter()
-        .map(|m| m.mess_props.sequence_number.expect("stored messages are numbered"))
+        .map(|m| {
+            m.mess_props
+                .sequence_number
+                .expect("stored messages are numbered")
+        })
         .collect()
 }
 
@@ -274,7 +278,10 @@ async fn messages_before_pages_backwards_without_gap_or_duplicate(backend: Backe
                 vec![],
             ]
         );
-        assert_eq!(seen, all, "the pages together are every message exactly once");
+        assert_eq!(
+            seen, all,
+            "the pages together are every message exactly once"
+        );
     })
     .await
 }
@@ -319,8 +326,14 @@ async fn delete_room_removes_metadata_and_messages(backend: Backend) {
         store.delete_room(&room).await.expect("delete");
 
         assert_eq!(store.load_room(&room).await.expect("load"), None);
-        assert_eq!(store.latest_messages(&room, 10).await.expect("latest"), vec![]);
-        assert_eq!(store.messages_before(&room, 10, 10).await.expect("before"), vec![]);
+        assert_eq!(
+            store.latest_messages(&room, 10).await.expect("latest"),
+            vec![]
+        );
+        assert_eq!(
+            store.messages_before(&room, 10, 10).await.expect("before"),
+            vec![]
+        );
         assert_eq!(store.last_sequence(&room).await.expect("last"), 0);
         // No trace of the ids either: the same message can be stored afresh.
         assert_eq!(

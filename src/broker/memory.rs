@@ -240,7 +240,9 @@ impl MemoryDeliveries {
         if queue.active_consumer != Some(self.id) {
             return Some(None);
         }
-        let message = queue.ready.pop_front()?;
+        let Some(message) = queue.ready.pop_front() else {
+            return Some(None);
+        };
         queue.unacked.insert(tag, (self.id, message.clone()));
         let acker = MemoryAcker {
             shared: self.shared.clone(),

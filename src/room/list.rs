@@ -102,9 +102,14 @@ impl RoomList {
         }
     }
 
+    /// Saves the list's own metadata only (its name and room names).
+    pub async fn persist_meta(&self) -> Result<(), RoomError> {
+        Ok(self.store.save_room_list(&self.meta()).await?)
+    }
+
     /// Saves the list's metadata, then every room (rooms with nothing dirty cost nothing).
     pub async fn persist(&self) -> Result<(), RoomError> {
-        self.store.save_room_list(&self.meta()).await?;
+        self.persist_meta().await?;
         for room in self.rooms() {
             room.persist().await?;
         }

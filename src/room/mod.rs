@@ -216,6 +216,7 @@ impl ChatRoom {
     pub fn put(&self, message: ChatMessage) {
         let mut state = self.state();
         state.modify_time = now();
+        state.dirty = true;
         state.cache.push_front(message);
         while state.cache.len() > self.inner.capacity {
             state.cache.pop_back();

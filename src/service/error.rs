@@ -78,7 +78,9 @@ impl From<StoreError> for ChatError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => ChatError::Unavailable(e.to_string()),
-            StoreError::Malformed(_) => ChatError::Internal(e.to_string()),
+            StoreError::Malformed(_) | StoreError::Unnumbered(_) => {
+                ChatError::Internal(e.to_string())
+            }
         }
     }
 }

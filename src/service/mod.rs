@@ -230,10 +230,10 @@ impl ChatService {
     }
 
     /// The other member of a private room, checking that sender and recipient both belong.
-    fn private_recipient<'a>(
+    fn private_recipient(
         &self,
         room: &ChatRoom,
-        request: &'a SendRequest,
+        request: &SendRequest,
     ) -> Result<Alias, ChatError> {
         let members = room.members();
         let full = || ChatError::PrivateRoomFull {
@@ -302,7 +302,7 @@ impl ChatService {
             room.persist().await?;
         }
         self.inner.rooms.add(room.clone());
-        self.inner.rooms.persist().await?;
+        self.inner.rooms.persist_meta().await?;
         self.spawn_consumer(room.clone());
         tracing::info!(room = %name, group_room = room.group_room(), "room created");
         Ok(room)
@@ -392,7 +392,7 @@ impl ChatService {
             .await?;
         self.inner.store.delete_room(name).await?;
         self.inner.rooms.remove(name);
-        self.inner.rooms.persist().await?;
+        self.inner.rooms.persist_meta().await?;
         Ok(())
     }
 
@@ -414,6 +414,10 @@ impl ChatService {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        // Rooms' metadata (modify times) changes with every message; save it once, here.
+        if let Err(e) = self.inner.rooms.persist().await {
+            tracing::warn!(error = %e, "could not save room metadata at shutdown");
+        }
     }
 }
 

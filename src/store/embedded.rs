@@ -172,6 +172,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn insert_message(&self, message: &ChatMessage) -> Result<Inserted, StoreError> {
+        super::check_numbered(std::slice::from_ref(message))?;
         let room = message.mess_props.room_name.clone();
         let id = message.mess_props.id.as_u128();
         let seq = message.mess_props.sequence_number.unwrap_or(0);
@@ -227,6 +228,7 @@ impl Store for EmbeddedStore {
         room: &RoomName,
         messages: &[ChatMessage],
     ) -> Result<(), StoreError> {
+        super::check_numbered(messages)?;
         let room = room.clone();
         let rows = messages
             .iter()

@@ -25,6 +25,20 @@ pub enum StoreError {
     /// A stored document does not have the shape this service writes.
     #[error("stored document is malformed: {0}")]
     Malformed(String),
+    /// Only numbered messages can be stored.
+    #[error("message {0} has no sequence number")]
+    Unnumbered(Uuid),
+}
+
+/// Checks that every message of a batch has its sequence number.
+pub fn check_numbered(messages: &[ChatMessage]) -> Result<(), StoreError> {
+    match messages
+        .iter()
+        .find(|m| m.mess_props.sequence_number.is_none())
+    {
+        Some(m) => Err(StoreError::Unnumbered(m.mess_props.id)),
+        None => Ok(()),
+    }
 }
 
 /// The outcome of an idempotent message write.
@@ -54,7 +68,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a room: its metadata and all its messages.
     async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError>;
 
-    /// Stores one message, idempotently by its id.
+    /// Stores one numbered message, idempotently by its id.
     async fn insert_message(&self, message: &ChatMessage) -> Result<Inserted, StoreError>;
 
     /// The stored copies of those of `ids` that the room already has.

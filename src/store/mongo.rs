@@ -123,6 +123,10 @@ impl MongoStore {
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
         use futures_util::TryStreamExt;
+        if limit == 0 {
+            // MongoDB reads a limit of 0 as "no limit".
+            return Ok(Vec::new());
+        }
         let options = FindOptions::builder()
             .sort(doc! { SEQ: -1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -331,6 +335,7 @@ impl Store for MongoStore {
     }
 
     async fn insert_message(&self, message: &ChatMessage) -> Result<Inserted, StoreError> {
+        super::check_numbered(std::slice::from_ref(message))?;
         let room = &message.mess_props.room_name;
         self.ensure_indexes(room).await?;
         match self.room(room).insert_one(message_to_doc(message)).await {
@@ -372,6 +377,7 @@ impl Store for MongoStore {
         room: &RoomName,
         messages: &[ChatMessage],
     ) -> Result<(), StoreError> {
+        super::check_numbered(messages)?;
         if messages.is_empty() {
             return Ok(());
         }

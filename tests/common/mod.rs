@@ -26,17 +26,22 @@ const HOW_TO: &str = "run the suite with scripts/test.sh, which starts RabbitMQ 
 
 /// URL of the real RabbitMQ.
 pub fn amqp_url() -> String {
-    std::env::var("MESS_CHAT_AMQP_URL").unwrap_or_else(|_| panic!("MESS_CHAT_AMQP_URL unset: {HOW_TO}"))
+    std::env::var("MESS_CHAT_AMQP_URL")
+        .unwrap_or_else(|_| panic!("MESS_CHAT_AMQP_URL unset: {HOW_TO}"))
 }
 
 /// URL of the real MongoDB-protocol server.
 pub fn mongo_url() -> String {
-    std::env::var("MESS_CHAT_MONGO_URL").unwrap_or_else(|_| panic!("MESS_CHAT_MONGO_URL unset: {HOW_TO}"))
+    std::env::var("MESS_CHAT_MONGO_URL")
+        .unwrap_or_else(|_| panic!("MESS_CHAT_MONGO_URL unset: {HOW_TO}"))
 }
 
 /// A name no other test uses: `prefix-` and 12 hex digits.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// A unique, valid room name.
@@ -87,7 +92,9 @@ impl Env {
     /// Opens the store (a fresh handle each time).
     pub async fn store(&self) -> Arc<dyn Store> {
         match self.backend {
-            Backend::Embedded => Arc::new(EmbeddedStore::open(self.data_dir.path()).expect("embedded store")),
+            Backend::Embedded => {
+                Arc::new(EmbeddedStore::open(self.data_dir.path()).expect("embedded store"))
+            }
             Backend::Real => Arc::new(self.mongo().await),
         }
     }
@@ -108,7 +115,11 @@ impl Env {
             let _ = self.broker.delete_inbox(alias).await;
         }
         if self.backend == Backend::Real {
-            self.mongo().await.drop_database().await.expect("drop test database");
+            self.mongo()
+                .await
+                .drop_database()
+                .await
+                .expect("drop test database");
         }
     }
 }
@@ -170,8 +181,10 @@ impl TestServer {
     /// Deletes every room the server knows (queues, exchanges, member inboxes) and the database.
     pub async fn cleanup(mut self) {
         let rooms = self.server().service().rooms().rooms();
-        let names: Vec<(RoomName, bool)> =
-            rooms.iter().map(|r| (r.name().clone(), r.group_room())).collect();
+        let names: Vec<(RoomName, bool)> = rooms
+            .iter()
+            .map(|r| (r.name().clone(), r.group_room()))
+            .collect();
         let mut aliases: Vec<Alias> = rooms.iter().flat_map(|r| r.members()).collect();
         aliases.sort();
         aliases.dedup();
