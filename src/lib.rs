@@ -16,13 +16,17 @@
 //!   (one redb file).
 //! - [`model`]: messages, properties, metadata and validated names. No I/O.
 //!
-//! Beside them: [`server`] wires a configuration to back ends and serves HTTP; [`client`] is the
-//! HTTP client of the CLI and the tests; [`backoff`] paces reconnects and retries.
+//! Beside them: [`server`] wires a configuration to back ends and serves HTTP; [`config`] reads
+//! the configuration file; [`client`] is the
+//! HTTP client of the CLI and the tests; [`backoff`] paces reconnects and retries; [`metrics`]
+//! names what `/metrics` reports.
 
 pub mod api;
 pub mod backoff;
 pub mod broker;
 pub mod client;
+pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod room;
 pub mod server;

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use mess_chat::client::{Client, SendParams};
+use mess_chat::config::FileConfig;
 use mess_chat::server::{Config, Server};
 use mess_chat::service::ServiceConfig;
 
@@ -30,6 +32,10 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// TOML file with any of these settings (keys as the flags, e.g. `amqp_url`); flags and
+    /// environment variables take precedence over it.
+    #[arg(long, env = "MESS_CHAT_CONFIG")]
+    config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "MESS_CHAT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -51,12 +57,16 @@ struct ServeArgs {
     /// Messages kept in each room's in-memory cache.
     #[arg(long, env = "MESS_CHAT_CACHE_CAPACITY", default_value_t = 1000)]
     cache_capacity: usize,
+    /// How long a send waits for its message to be stored before answering 202 (202 only on a
+    /// durable broker; the embedded one answers 503 instead).
+    #[arg(long, env = "MESS_CHAT_STORE_WAIT_MS", default_value_t = 3000)]
+    store_wait_ms: u64,
     /// Log format: text or json.
     #[arg(long, env = "MESS_CHAT_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -108,6 +118,47 @@ struct MessagesArgs {
     limit: Option<usize>,
 }
 
+impl ServeArgs {
+    /// Fills every setting not given as a flag or environment variable from the file.
+    fn apply(&mut self, file: FileConfig, given: &ArgMatches) -> anyhow::Result<()> {
+        let unset = |id: &str| {
+            !matches!(
+                given.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        if let (Some(v), true) = (file.listen, unset("listen")) {
+            self.listen = v;
+        }
+        if let (Some(v), true) = (file.amqp_url, unset("amqp_url")) {
+            self.amqp_url = Some(v);
+        }
+        if let (Some(v), true) = (file.mongo_url, unset("mongo_url")) {
+            self.mongo_url = Some(v);
+        }
+        if let (Some(v), true) = (file.mongo_db, unset("mongo_db")) {
+            self.mongo_db = v;
+        }
+        if let (Some(v), true) = (file.data_dir, unset("data_dir")) {
+            self.data_dir = v;
+        }
+        if let (Some(v), true) = (file.no_auth, unset("no_auth")) {
+            self.no_auth = v;
+        }
+        if let (Some(v), true) = (file.cache_capacity, unset("cache_capacity")) {
+            self.cache_capacity = v;
+        }
+        if let (Some(v), true) = (file.store_wait_ms, unset("store_wait_ms")) {
+            self.store_wait_ms = v;
+        }
+        if let (Some(v), true) = (file.log_format, unset("log_format")) {
+            self.log_format = LogFormat::from_str(&v, true)
+                .map_err(|e| anyhow::anyhow!("log_format in the config file: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 fn default_data_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(home) => PathBuf::from(home).join(".local/share/mess-chat"),
@@ -129,8 +180,18 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+    let matches = Cli::command().get_matches();
+    match Cli::from_arg_matches(&matches)?.command {
+        Command::Serve(mut args) => {
+            if let Some(path) = &args.config {
+                let file = FileConfig::load(path)?;
+                let given = matches
+                    .subcommand_matches("serve")
+                    .expect("serve was matched");
+                args.apply(file, given)?;
+            }
+            serve(args).await
+        }
         Command::Send(args) => {
             let client = Client::new(args.server.server);
             let params = SendParams {
@@ -166,7 +227,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         no_auth: args.no_auth,
         service: ServiceConfig {
             cache_capacity: args.cache_capacity,
-            store_wait: Duration::from_secs(3),
+            store_wait: Duration::from_millis(args.store_wait_ms),
         },
     };
     let broker = config

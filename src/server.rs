@@ -92,6 +92,7 @@ impl Server {
         service_config: ServiceConfig,
     ) -> Result<Self, ServerError> {
         let addr = listener.local_addr()?;
+        crate::metrics::handle();
         let service = ChatService::start(broker, store, service_config).await?;
         let stop_http = CancellationToken::new();
         let app = api::app(service.clone());

@@ -49,6 +49,7 @@ on_both_backends!(
     an_unbound_member_no_longer_receives_group_messages,
     publishing_to_an_undeclared_private_room_is_unroutable,
     consuming_a_deleted_room_fails,
+    only_one_consumer_of_a_room_queue_is_active,
     ping_succeeds,
 );
 
@@ -227,6 +228,41 @@ async fn an_unacked_delivery_is_redelivered_after_its_consumer_goes(backend: Bac
             assert!(again.redelivered, "a redelivery is marked as such");
             again.ack().await.expect("ack");
             assert_quiet(&mut second, "after acking the redelivery").await;
+        },
+    )
+    .await
+}
+
+async fn only_one_consumer_of_a_room_queue_is_active(backend: Backend) {
+    let room = common::room("single");
+    with_broker(
+        backend,
+        &[(room.clone(), false)],
+        &[],
+        |broker| async move {
+            broker.declare_room(&room, false).await.expect("declare");
+            let mut active = broker.consume(&room).await.expect("consume");
+            let one = {
+                broker
+                    .publish(&room, false, b"one".to_vec())
+                    .await
+                    .expect("publish");
+                expect_body(&mut active, b"one").await
+            };
+            let mut standby = broker.consume(&room).await.expect("second consumer");
+            broker
+                .publish(&room, false, b"two".to_vec())
+                .await
+                .expect("publish");
+            assert_quiet(&mut standby, "a standby consumer while the first is active").await;
+            expect_fresh(&mut active, b"two").await;
+            // The active consumer goes with "one" unacked: the standby takes over, from "one".
+            drop(one);
+            drop(active);
+            let again = expect_body(&mut standby, b"one").await;
+            assert!(again.redelivered);
+            again.ack().await.expect("ack");
+            assert_quiet(&mut standby, "after the takeover").await;
         },
     )
     .await

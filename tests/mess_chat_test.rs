@@ -39,6 +39,7 @@ on_both_backends!(
     concurrent_first_sends_create_the_room_once,
     cli_send_and_messages_talk_to_the_server,
     retries_with_one_idempotency_key_are_stored_once,
+    metrics_report_sends_and_store_writes,
 );
 
 fn group_send(room: &RoomName, from: &str, text: &str) -> SendParams {
@@ -651,5 +652,31 @@ async fn retries_with_one_idempotency_key_are_stored_once(backend: Backend) {
         refusal(t.client.send(&params).await),
         (400, "bad_request".into())
     );
+    t.cleanup().await;
+}
+
+async fn metrics_report_sends_and_store_writes(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("metered");
+    t.client
+        .send(&group_send(&r, alias("ann").as_str(), "counted"))
+        .await
+        .unwrap();
+    let response = reqwest::get(t.url("/metrics")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing from:\n{text}"))
+    };
+    // The recorder is process-wide and other tests send too: at least this send is counted.
+    assert!(value("mess_chat_sends_total{outcome=\"stored\"}") >= 1.0);
+    assert!(value("mess_chat_store_writes_total") >= 1.0);
+    assert!(value("mess_chat_deliveries_total") >= 1.0);
+    assert!(value("mess_chat_send_to_stored_seconds_count") >= 1.0);
+    assert!(value("mess_chat_send_duration_seconds_bucket") >= 0.0);
     t.cleanup().await;
 }

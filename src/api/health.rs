@@ -1,4 +1,4 @@
-//! Liveness and readiness probes.
+//! Liveness and readiness probes, and the Prometheus metrics.
 
 use axum::Json;
 use axum::extract::State;
@@ -32,4 +32,13 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "store": ready.store,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+}
+
+/// `GET /metrics`: Prometheus text exposition of [`crate::metrics`].
+pub async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let content_type = (
+        axum::http::header::CONTENT_TYPE,
+        "text/plain; version=0.0.4",
+    );
+    ([content_type], crate::metrics::handle().render())
 }

@@ -1,4 +1,4 @@
-//! The HTTP layer (axum): the seed's endpoints and the health probes. Handlers are thin: they
+//! The HTTP layer (axum): the seed's endpoints, the health probes and the metrics. Handlers are thin: they
 //! parse and validate input, call [`ChatService`], and turn its errors into [`ApiError`]s.
 
 pub mod error;
@@ -29,6 +29,7 @@ pub fn app(service: ChatService) -> Router {
         .route("/messages/", get(seed::messages))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(TraceLayer::new_for_http())

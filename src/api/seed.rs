@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::metrics as m;
 use crate::model::{Alias, ChatMessage, RoomName};
-use crate::service::{SendOutcome, SendRequest};
+use crate::service::{ChatError, SendOutcome, SendRequest};
 
 /// Default number of messages `/messages/` returns.
 pub const DEFAULT_MESSAGES_LIMIT: usize = 100;
@@ -107,9 +108,19 @@ pub async fn send(
         group_room: optional(q.group_room).map(|v| parse_bool(&v)).transpose()?,
         idempotency_key: q.idempotency_key,
     };
-    let (status, label, message) = match state.service.send(request).await? {
-        SendOutcome::Stored(m) => (StatusCode::OK, "stored", m),
-        SendOutcome::Accepted(m) => (StatusCode::ACCEPTED, "accepted", m),
+    let started = std::time::Instant::now();
+    let outcome = state.service.send(request).await;
+    let label = match &outcome {
+        Ok(SendOutcome::Stored(_)) => "stored",
+        Ok(SendOutcome::Accepted(_)) => "accepted",
+        Err(ChatError::Unavailable(_)) => "unavailable",
+        Err(_) => "refused",
+    };
+    metrics::counter!(m::SENDS, "outcome" => label).increment(1);
+    metrics::histogram!(m::SEND_SECONDS).record(started.elapsed().as_secs_f64());
+    let (status, message) = match outcome? {
+        SendOutcome::Stored(m) => (StatusCode::OK, m),
+        SendOutcome::Accepted(m) => (StatusCode::ACCEPTED, m),
     };
     let body = SendResponse {
         status: label.into(),

@@ -86,6 +86,12 @@ pub trait Broker: Send + Sync + 'static {
 pub trait DeliveryStream: Send {
     /// The next delivery; `None` once the consumer was cancelled or its connection closed.
     async fn next(&mut self) -> Option<Result<Delivery, BrokerError>>;
+
+    /// Whether the consumer can still receive. Checked now and then while idle, in case a dead
+    /// connection never ends `next`.
+    fn is_open(&self) -> bool {
+        true
+    }
 }
 
 /// Settles one delivery with the broker.

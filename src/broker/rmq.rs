@@ -32,6 +32,9 @@ use crate::model::{Alias, RoomName};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a publish may wait for the broker's confirm.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long any other broker operation (declare, bind, consume, ack) may take. lapin can leave an
+/// operation issued just as the connection dies unanswered forever; this bounds it.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unacknowledged deliveries a room consumer may hold at once.
 pub const PREFETCH: u16 = 256;
 
@@ -98,6 +101,7 @@ impl RabbitBroker {
             .unwrap_or_else(|e| e.into_inner())
             .replace(link.clone());
         if let Some(old) = old {
+            metrics::counter!(crate::metrics::BROKER_RECONNECTS).increment(1);
             tokio::spawn(async move {
                 let _ = old.connection.close(200, "reconnected".into()).await;
             });
@@ -115,6 +119,15 @@ impl RabbitBroker {
             BrokerError::Unavailable(err.to_string())
         }
     }
+}
+
+/// Runs a lapin operation within [`OPERATION_TIMEOUT`].
+async fn bounded<T>(
+    operation: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<lapin::Result<T>, BrokerError> {
+    tokio::time::timeout(OPERATION_TIMEOUT, operation)
+        .await
+        .map_err(|_| BrokerError::Unavailable("RabbitMQ did not answer in time".into()))
 }
 
 async fn connect(url: &str) -> lapin::Result<Link> {
@@ -189,9 +202,8 @@ impl Broker for RabbitBroker {
                 .await?;
             }
             Ok(())
-        }
-        .await;
-        result.map_err(|e| self.error(&link, e))
+        };
+        bounded(result).await?.map_err(|e| self.error(&link, e))
     }
 
     async fn bind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
@@ -208,22 +220,19 @@ impl Broker for RabbitBroker {
                 FieldTable::default(),
             )
             .await
-        }
-        .await;
-        result.map_err(|e| self.error(&link, e))
+        };
+        bounded(result).await?.map_err(|e| self.error(&link, e))
     }
 
     async fn unbind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
         let link = self.link().await?;
-        link.admin
-            .queue_unbind(
-                alias.as_str().into(),
-                room.as_str().into(),
-                "".into(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.error(&link, e))
+        let unbind = link.admin.queue_unbind(
+            alias.as_str().into(),
+            room.as_str().into(),
+            "".into(),
+            FieldTable::default(),
+        );
+        bounded(unbind).await?.map_err(|e| self.error(&link, e))
     }
 
     async fn delete_room(&self, room: &RoomName, group_room: bool) -> Result<(), BrokerError> {
@@ -237,16 +246,17 @@ impl Broker for RabbitBroker {
                     .await?;
             }
             Ok(())
-        }
-        .await;
-        result.map_err(|e| self.error(&link, e))
+        };
+        bounded(result).await?.map_err(|e| self.error(&link, e))
     }
 
     async fn delete_inbox(&self, alias: &Alias) -> Result<(), BrokerError> {
         let link = self.link().await?;
-        link.admin
-            .queue_delete(alias.as_str().into(), QueueDeleteOptions::default())
-            .await
+        let delete = link
+            .admin
+            .queue_delete(alias.as_str().into(), QueueDeleteOptions::default());
+        bounded(delete)
+            .await?
             .map(|_| ())
             .map_err(|e| self.error(&link, e))
     }
@@ -332,9 +342,8 @@ impl RabbitBroker {
                 )
                 .await?;
             Ok(RabbitDeliveries { consumer, channel })
-        }
-        .await;
-        match result {
+        };
+        match bounded(result).await? {
             Ok(deliveries) => Ok(Box::new(deliveries)),
             Err(e) => Err(self.error(&link, e)),
         }
@@ -349,6 +358,10 @@ struct RabbitDeliveries {
 
 #[async_trait]
 impl DeliveryStream for RabbitDeliveries {
+    fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
         let delivery = match self.consumer.next().await? {
             Ok(delivery) => delivery,
@@ -379,17 +392,15 @@ struct RabbitAcker(lapin::Acker);
 #[async_trait]
 impl Acknowledge for RabbitAcker {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.0
-            .ack(BasicAckOptions::default())
-            .await
+        bounded(self.0.ack(BasicAckOptions::default()))
+            .await?
             .map(|_| ())
             .map_err(|e| BrokerError::Unavailable(e.to_string()))
     }
 
     async fn reject(self: Box<Self>) -> Result<(), BrokerError> {
-        self.0
-            .reject(BasicRejectOptions { requeue: false })
-            .await
+        bounded(self.0.reject(BasicRejectOptions { requeue: false }))
+            .await?
             .map(|_| ())
             .map_err(|e| BrokerError::Unavailable(e.to_string()))
     }

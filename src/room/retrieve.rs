@@ -19,10 +19,13 @@ use uuid::Uuid;
 use super::ChatRoom;
 use crate::backoff::Backoff;
 use crate::broker::{Delivery, DeliveryStream};
+use crate::metrics as m;
 use crate::model::{ChatMessage, MessageType, now};
 
 /// Most deliveries handled as one batch.
 pub const MAX_BATCH: usize = 256;
+/// How often an idle consumer checks that its subscription is still open.
+const LIVENESS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ChatRoom {
     /// Runs the room's consumer until `shutdown` fires: (re)declares the topology, subscribes,
@@ -36,6 +39,7 @@ impl ChatRoom {
             };
             match subscribed.await {
                 Ok(stream) => {
+                    metrics::counter!(m::CONSUMER_STARTS).increment(1);
                     backoff.reset();
                     tracing::debug!(room = %self.inner.name, "consuming");
                     if !self.drain(stream, &shutdown).await {
@@ -61,6 +65,13 @@ impl ChatRoom {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 next = stream.next() => next,
+                _ = tokio::time::sleep(LIVENESS_CHECK) => {
+                    if stream.is_open() {
+                        continue;
+                    }
+                    tracing::warn!(room = %self.inner.name, "subscription closed silently");
+                    return true;
+                }
             };
             let first = match next {
                 Some(Ok(delivery)) => delivery,
@@ -109,6 +120,7 @@ impl ChatRoom {
                 }
             }
         }
+        metrics::counter!(m::DELIVERIES).increment(accepted.len() as u64);
         if accepted.is_empty() {
             return true;
         }
@@ -121,6 +133,7 @@ impl ChatRoom {
             match store.existing_messages(room, &ids).await {
                 Ok(existing) => break existing,
                 Err(e) => {
+                    metrics::counter!(m::STORE_ERRORS).increment(1);
                     tracing::warn!(%room, error = %e, "cannot read the store; retrying");
                     if !backoff.wait(shutdown).await {
                         return false;
@@ -132,13 +145,23 @@ impl ChatRoom {
 
         let mut backoff = Backoff::default();
         while let Err(e) = store.insert_messages(room, &fresh).await {
+            metrics::counter!(m::STORE_ERRORS).increment(1);
             tracing::warn!(%room, count = fresh.len(), error = %e, "cannot store; retrying");
             if !backoff.wait(shutdown).await {
                 return false;
             }
         }
+        let stored_at = now();
         for message in &fresh {
+            let waited = stored_at - message.mess_props.sent_time;
+            metrics::histogram!(m::SEND_TO_STORED_SECONDS)
+                .record(waited.num_microseconds().unwrap_or(0) as f64 / 1e6);
             self.put(message.clone());
+        }
+        metrics::counter!(m::STORE_WRITES).increment(fresh.len() as u64);
+        metrics::counter!(m::REDELIVERIES).increment((outcome.len() - fresh.len()) as u64);
+        if !fresh.is_empty() {
+            metrics::histogram!(m::STORE_BATCH_SIZE).record(fresh.len() as f64);
         }
         tracing::debug!(%room, stored = fresh.len(), duplicates = outcome.len() - fresh.len(),
             last = self.last_sequence(), "batch stored");

@@ -24,6 +24,16 @@ use tokio::net::TcpListener;
 const HOW_TO: &str = "run the suite with scripts/test.sh, which starts RabbitMQ and SecantusDB \
                       and exports their URLs";
 
+/// Shows the service's logs in test output when `RUST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// URL of the real RabbitMQ.
 pub fn amqp_url() -> String {
     std::env::var("MESS_CHAT_AMQP_URL")
@@ -150,6 +160,7 @@ impl TestServer {
     }
 
     async fn spawn(env: &Env, config: ServiceConfig) -> Server {
+        init_logs();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         Server::start_with(listener, env.broker.clone(), env.store().await, config)
             .await

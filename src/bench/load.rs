@@ -1,0 +1,293 @@
+//! The HTTP load the bench puts on the service, through `reqwest` on loopback: closed-loop sends
+//! at a fixed concurrency, open-loop sends at a fixed offered rate (latency measured from each
+//! send's scheduled time, so a slow answer cannot hold back the next send), history page reads,
+//! and a burst of room creations. Only 2xx answers count as acknowledged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::Url;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::BenchError;
+use super::samples::{Errors, Samples};
+
+/// The text of every bench message: 64 bytes, nothing to percent-encode.
+pub const TEXT: &str = "bench-message-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+/// Most sends of an open-loop run in flight at once (each holds a connection); later sends
+/// wait for a slot, and that wait counts in their latency.
+pub const MAX_IN_FLIGHT: usize = 512;
+/// Messages a history read asks for.
+pub const HISTORY_LIMIT: usize = 100;
+/// What an answer 202 is counted as: acknowledged, but not stored within the service's wait.
+pub const ACCEPTED: &str = "202 accepted (not stored within the service's wait)";
+
+/// A load generator for one running server.
+pub struct Load {
+    client: reqwest::Client,
+    /// Base URL of the server, e.g. `http://127.0.0.1:40123`.
+    base: String,
+    /// Sender and recipient alias of every bench room (private rooms).
+    aliases: (String, String),
+    /// The `/send/` URL of each room of the pool; worker `i` sends to room `i % len`.
+    sends: Vec<Url>,
+    /// The history read of the pool's first room.
+    history: Url,
+}
+
+/// What a closed-loop run measured.
+#[derive(Debug, Clone)]
+pub struct ClosedLoop {
+    /// Senders, each sending its next message once the last one was answered.
+    pub concurrency: usize,
+    /// Sends answered 2xx within the measured window (after the warm-up).
+    pub acked: u64,
+    /// Acknowledged sends per second over the measured window.
+    pub per_second: f64,
+    /// Failed requests (and 202s), warm-up included.
+    pub errors: Errors,
+}
+
+/// What a latency run measured.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyRun {
+    /// Requests made.
+    pub requests: u64,
+    /// Latency of each 2xx answer.
+    pub samples: Samples,
+    /// Failed requests (and 202s).
+    pub errors: Errors,
+}
+
+impl Load {
+    /// A generator for the server at `addr`, with a pool of `pool` private rooms named after
+    /// `run_id` (rooms `<run_id>-r00`.., between aliases `<run_id>-ann` and `<run_id>-bob`).
+    pub fn new(addr: std::net::SocketAddr, run_id: &str, pool: usize) -> Result<Self, BenchError> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(MAX_IN_FLIGHT)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let base = format!("http://{addr}");
+        let aliases = (format!("{run_id}-ann"), format!("{run_id}-bob"));
+        let sends = (0..pool.max(1))
+            .map(|k| send_url(&base, &aliases, &format!("{run_id}-r{k:02}")))
+            .collect::<Result<_, _>>()?;
+        let history = parse_url(format!(
+            "{base}/messages/?room_name={run_id}-r00&limit={HISTORY_LIMIT}"
+        ))?;
+        Ok(Self {
+            client,
+            base,
+            aliases,
+            sends,
+            history,
+        })
+    }
+
+    /// The `/send/` URL of one bench message to `room` (a name of the bench's own alphabet).
+    pub fn send_url(&self, room: &str) -> Result<Url, BenchError> {
+        send_url(&self.base, &self.aliases, room)
+    }
+
+    /// How many rooms the pool has.
+    pub fn pool_size(&self) -> usize {
+        self.sends.len()
+    }
+
+    /// Sends one message to each of `urls` (the first send creates the room), with at most
+    /// `in_flight` at once; calls `done` after each. Returns the 2xx count and the failures.
+    pub async fn send_each(
+        &self,
+        urls: Vec<Url>,
+        in_flight: usize,
+        done: impl Fn(),
+    ) -> (u64, Errors) {
+        let mut answers = futures_util::stream::iter(urls)
+            .map(|url| {
+                let client = self.client.clone();
+                async move { request(&client, &url).await }
+            })
+            .buffer_unordered(in_flight.max(1));
+        let (mut acked, mut errors) = (0, Errors::default());
+        while let Some(answer) = answers.next().await {
+            tally(answer, &mut acked, &mut errors);
+            done();
+        }
+        (acked, errors)
+    }
+
+    /// Creates the pool's rooms (one send each, one at a time).
+    pub async fn create_pool(&self) -> (u64, Errors) {
+        self.send_each(self.sends.clone(), 1, || {}).await
+    }
+
+    /// `concurrency` senders, each sending as soon as its last send was answered, spread over
+    /// the pool; counts the sends answered between `warmup` and `warmup + duration`.
+    pub async fn closed_loop(
+        &self,
+        concurrency: usize,
+        warmup: Duration,
+        duration: Duration,
+    ) -> ClosedLoop {
+        let from = Instant::now() + warmup;
+        let until = from + duration;
+        let mut workers = JoinSet::new();
+        for worker in 0..concurrency {
+            let client = self.client.clone();
+            let url = self.sends[worker % self.sends.len()].clone();
+            workers.spawn(async move {
+                let (mut acked, mut errors) = (0, Errors::default());
+                while Instant::now() < until {
+                    let answer = request(&client, &url).await;
+                    let done = Instant::now();
+                    let mut counted = 0;
+                    tally(answer, &mut counted, &mut errors);
+                    if done >= from && done < until {
+                        acked += counted;
+                    }
+                }
+                (acked, errors)
+            });
+        }
+        let (mut acked, mut errors) = (0, Errors::default());
+        while let Some(joined) = workers.join_next().await {
+            match joined {
+                Ok((a, e)) => {
+                    acked += a;
+                    errors.merge(e);
+                }
+                Err(e) => errors.record(format!("sender task failed: {e}")),
+            }
+        }
+        ClosedLoop {
+            concurrency,
+            acked,
+            per_second: acked as f64 / duration.as_secs_f64(),
+            errors,
+        }
+    }
+
+    /// Sends at `rate` per second for `duration`, each at its scheduled time whatever the
+    /// answers to earlier ones, spread over the pool; the latency of each runs from its
+    /// scheduled time to its answer.
+    pub async fn open_loop(&self, rate: f64, duration: Duration) -> LatencyRun {
+        let count = (rate * duration.as_secs_f64()).round() as u64;
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let start = tokio::time::Instant::now() + Duration::from_millis(10);
+        let mut run = LatencyRun {
+            requests: count,
+            ..LatencyRun::default()
+        };
+        let mut sends = JoinSet::new();
+        for i in 0..count {
+            let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(scheduled).await;
+            let client = self.client.clone();
+            let url = self.sends[i as usize % self.sends.len()].clone();
+            let slots = slots.clone();
+            sends.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let answer = request(&client, &url).await;
+                (scheduled.elapsed(), answer)
+            });
+            while let Some(joined) = sends.try_join_next() {
+                record(joined, &mut run);
+            }
+        }
+        while let Some(joined) = sends.join_next().await {
+            record(joined, &mut run);
+        }
+        run
+    }
+
+    /// Reads the first pool room's newest [`HISTORY_LIMIT`] messages, one read at a time, for
+    /// `duration`.
+    pub async fn history(&self, duration: Duration) -> LatencyRun {
+        let until = Instant::now() + duration;
+        let mut run = LatencyRun::default();
+        while Instant::now() < until {
+            let began = Instant::now();
+            let answer = request(&self.client, &self.history).await;
+            run.requests += 1;
+            let mut ok = 0;
+            tally(answer, &mut ok, &mut run.errors);
+            if ok == 1 {
+                run.samples.push(began.elapsed());
+            }
+        }
+        run
+    }
+}
+
+fn send_url(base: &str, (from, to): &(String, String), room: &str) -> Result<Url, BenchError> {
+    parse_url(format!(
+        "{base}/send/?room_name={room}&message={TEXT}&from_alias={from}&to_alias={to}"
+    ))
+}
+
+fn parse_url(url: String) -> Result<Url, BenchError> {
+    Url::parse(&url).map_err(|e| BenchError::Setup(format!("bad URL {url}: {e}")))
+}
+
+/// Counts an answer: 2xx adds to `acked` (a 202 is also noted); anything else is an error.
+fn tally(answer: Result<bool, String>, acked: &mut u64, errors: &mut Errors) {
+    match answer {
+        Ok(stored) => {
+            *acked += 1;
+            if !stored {
+                errors.record(ACCEPTED);
+            }
+        }
+        Err(kind) => errors.record(kind),
+    }
+}
+
+fn record(
+    joined: Result<(Duration, Result<bool, String>), tokio::task::JoinError>,
+    run: &mut LatencyRun,
+) {
+    match joined {
+        Ok((latency, answer)) => {
+            let mut ok = 0;
+            tally(answer, &mut ok, &mut run.errors);
+            if ok == 1 {
+                run.samples.push(latency);
+            }
+        }
+        Err(e) => run.errors.record(format!("send task failed: {e}")),
+    }
+}
+
+/// One GET, its body read to the end. `Ok(true)` for 200, `Ok(false)` for another 2xx, else the
+/// kind of failure: the status with the error code of its JSON body, or the transport error.
+async fn request(client: &reqwest::Client, url: &Url) -> Result<bool, String> {
+    let response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| transport(&e))?;
+    let status = response.status();
+    if status.is_success() {
+        response.bytes().await.map_err(|e| transport(&e))?;
+        return Ok(status == reqwest::StatusCode::OK);
+    }
+    let body: Option<serde_json::Value> = response.json().await.ok();
+    let code = body
+        .as_ref()
+        .and_then(|b| b["error"]["code"].as_str())
+        .unwrap_or("");
+    Err(format!("{} {code}", status.as_u16()).trim_end().to_string())
+}
+
+fn transport(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connect error".into()
+    } else {
+        "transport error".into()
+    }
+}

@@ -1,0 +1,119 @@
+//! The configuration file of `mess-chat serve` (`--config FILE`): TOML with the same keys as the
+//! command-line flags, e.g.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+//! mongo_url = "mongodb://127.0.0.1:27017/?retryWrites=false"
+//! mongo_db = "mess_chat"
+//! cache_capacity = 1000
+//! log_format = "json"
+//! ```
+//!
+//! Precedence: a flag, then its `MESS_CHAT_*` environment variable, then the file, then the
+//! built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Every key the file may hold; unknown keys are refused, so a typo is not silently ignored.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--amqp-url`.
+    pub amqp_url: Option<String>,
+    /// `--mongo-url`.
+    pub mongo_url: Option<String>,
+    /// `--mongo-db`.
+    pub mongo_db: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--no-auth`.
+    pub no_auth: Option<bool>,
+    /// `--cache-capacity`.
+    pub cache_capacity: Option<usize>,
+    /// `--store-wait-ms`.
+    pub store_wait_ms: Option<u64>,
+    /// `--log-format` (`text` or `json`).
+    pub log_format: Option<String>,
+}
+
+/// Why the file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not valid TOML of the expected shape.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its position.
+        source: toml::de::Error,
+    },
+}
+
+impl FileConfig {
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_key() {
+        let file = FileConfig::parse(
+            r#"
+            listen = "127.0.0.1:9000"
+            amqp_url = "amqp://127.0.0.1:5672/%2f"
+            mongo_url = "mongodb://127.0.0.1:27017/?retryWrites=false"
+            mongo_db = "chat"
+            data_dir = "/tmp/chat"
+            no_auth = true
+            cache_capacity = 10
+            store_wait_ms = 250
+            log_format = "json"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(file.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(file.mongo_db.as_deref(), Some("chat"));
+        assert_eq!(file.cache_capacity, Some(10));
+        assert_eq!(file.store_wait_ms, Some(250));
+        assert_eq!(file.no_auth, Some(true));
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values() {
+        assert!(FileConfig::parse("lisen = \"127.0.0.1:1\"").is_err());
+        assert!(FileConfig::parse("listen = \"not an address\"").is_err());
+        assert!(FileConfig::parse("cache_capacity = -1").is_err());
+        assert_eq!(FileConfig::parse("").unwrap(), FileConfig::default());
+    }
+}

@@ -1,0 +1,47 @@
+//! Prometheus metrics: the names this service records (all `mess_chat_<thing>_<unit>`), and the
+//! process-wide recorder whose rendering `GET /metrics` serves.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Sends answered, by `outcome`: stored, accepted, refused (4xx) or unavailable (503).
+pub const SENDS: &str = "mess_chat_sends_total";
+/// Time to answer a send, seconds (a stored send includes the store write).
+pub const SEND_SECONDS: &str = "mess_chat_send_duration_seconds";
+/// Deliveries taken off room queues.
+pub const DELIVERIES: &str = "mess_chat_deliveries_total";
+/// Deliveries whose message id was already stored (redeliveries, client retries).
+pub const REDELIVERIES: &str = "mess_chat_redeliveries_total";
+/// Messages written to the store.
+pub const STORE_WRITES: &str = "mess_chat_store_writes_total";
+/// Messages per store write.
+pub const STORE_BATCH_SIZE: &str = "mess_chat_store_batch_size_messages";
+/// Failed store operations of the consumers (each is retried).
+pub const STORE_ERRORS: &str = "mess_chat_store_errors_total";
+/// From `sent_time` to stored, seconds.
+pub const SEND_TO_STORED_SECONDS: &str = "mess_chat_send_to_stored_seconds";
+/// New connections to the broker after the first.
+pub const BROKER_RECONNECTS: &str = "mess_chat_broker_reconnects_total";
+/// Room consumers (re)subscribing to their queue.
+pub const CONSUMER_STARTS: &str = "mess_chat_consumer_starts_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 256.0];
+
+/// The process-wide recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(STORE_BATCH_SIZE.into()), BATCH_BUCKETS)
+            })
+            .expect("bucket lists are not empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}

@@ -1,0 +1,63 @@
+//! The store baseline of `mess-chat bench` for MongoDB: message documents, in the shape the
+//! service writes, inserted straight through the driver into a scratch collection that has the
+//! rooms' indexes, with no service in the way. It tells how fast this server stores messages one
+//! at a time and in batches, the ceiling for the rooms' consumers.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::Document;
+
+use super::{MongoStore, message_to_doc};
+use crate::model::{ChatMessage, RoomName};
+use crate::store::StoreError;
+
+/// What one baseline run measured.
+#[derive(Debug, Clone)]
+pub struct InsertRun {
+    /// Documents inserted.
+    pub inserted: u64,
+    /// From the first insert to the end of the last.
+    pub elapsed: Duration,
+    /// How long each insert call (one document, or one batch) took.
+    pub op_times: Vec<Duration>,
+}
+
+/// Inserts messages made by `next` into the collection `scratch` for about `duration`: one
+/// `insert_one` awaited at a time when `batch` is 1, else ordered `insert_many` calls of `batch`
+/// documents. The caller drops the collection afterwards (`Store::delete_room`).
+pub async fn insert_rate<F>(
+    store: &MongoStore,
+    scratch: &RoomName,
+    batch: usize,
+    duration: Duration,
+    mut next: F,
+) -> Result<InsertRun, StoreError>
+where
+    F: FnMut() -> ChatMessage,
+{
+    store.ensure_indexes(scratch).await?;
+    let collection = store.room(scratch);
+    let mut op_times = Vec::new();
+    let mut inserted = 0;
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        if batch <= 1 {
+            let document = message_to_doc(&next());
+            let op = Instant::now();
+            collection.insert_one(document).await?;
+            op_times.push(op.elapsed());
+            inserted += 1;
+        } else {
+            let documents: Vec<Document> = (0..batch).map(|_| message_to_doc(&next())).collect();
+            let op = Instant::now();
+            collection.insert_many(documents).ordered(true).await?;
+            op_times.push(op.elapsed());
+            inserted += batch as u64;
+        }
+    }
+    Ok(InsertRun {
+        inserted,
+        elapsed: start.elapsed(),
+        op_times,
+    })
+}
