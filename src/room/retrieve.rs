@@ -165,12 +165,15 @@ impl ChatRoom {
         }
         tracing::debug!(%room, stored = fresh.len(), duplicates = outcome.len() - fresh.len(),
             last = self.last_sequence(), "batch stored");
+        let mut channel_ok = true;
         for ((delivery, _), stored) in accepted.into_iter().zip(outcome) {
             let id = stored.mess_props.id;
             self.wake(stored);
-            if let Err(e) = delivery.ack().await {
-                // Stored but not acked: the broker redelivers it and the store recognises it.
-                tracing::warn!(%room, %id, error = %e, "ack failed");
+            // Once an ack fails the channel is gone: the broker redelivers the rest of the batch
+            // (the store recognises them), so don't wait on each.
+            if channel_ok && let Err(e) = delivery.ack().await {
+                tracing::warn!(%room, %id, error = %e, "ack failed; the rest of the batch will be redelivered");
+                channel_ok = false;
             }
         }
         true
