@@ -228,6 +228,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         service: ServiceConfig {
             cache_capacity: args.cache_capacity,
             store_wait: Duration::from_millis(args.store_wait_ms),
+            require_auth: !args.no_auth,
         },
     };
     let broker = config

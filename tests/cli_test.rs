@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 
 fn serve(config: Option<&Path>) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mess-chat"));
-    command.arg("serve");
+    command.args(["serve", "--no-auth"]);
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }

@@ -37,7 +37,7 @@ struct Service {
 async fn spawn_service(backend: Backend, db: &str, data_dir: &std::path::Path) -> Service {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mess-chat"));
     command
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--no-auth", "--listen", "127.0.0.1:0"])
         .env("MESS_CHAT_MONGO_DB", db)
         .env("MESS_CHAT_DATA_DIR", data_dir)
         .env("RUST_LOG", "warn")

@@ -17,7 +17,9 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mess_chat::broker::rmq::RabbitBroker;
 use mess_chat::broker::{Broker, BrokerError};
 use mess_chat::client::SendParams;
-use mess_chat::model::{Alias, ChatMessage, MessageProperties, RoomListMeta, RoomMeta, RoomName};
+use mess_chat::model::{
+    Alias, ChatMessage, MessageProperties, RoomListMeta, RoomMeta, RoomName, UserRecord,
+};
 use mess_chat::service::{ChatService, SendOutcome, SendRequest, ServiceConfig};
 use mess_chat::store::{Inserted, Store, StoreError};
 use uuid::Uuid;
@@ -308,6 +310,28 @@ impl Store for FlakyStore {
     }
     async fn last_sequence(&self, room: &RoomName) -> Result<u64, StoreError> {
         self.inner.last_sequence(room).await
+    }
+    async fn messages_after(
+        &self,
+        room: &RoomName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        self.inner.messages_after(room, after, limit).await
+    }
+    async fn search_messages(
+        &self,
+        room: &RoomName,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        self.inner.search_messages(room, needle, limit).await
+    }
+    async fn create_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
+        self.inner.create_user(user).await
+    }
+    async fn load_user(&self, alias: &Alias) -> Result<Option<UserRecord>, StoreError> {
+        self.inner.load_user(alias).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await

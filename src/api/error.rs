@@ -43,6 +43,8 @@ impl From<ChatError> for ApiError {
             ChatError::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
             ChatError::InvalidName(_) => (S::BAD_REQUEST, "invalid_name"),
             ChatError::MessageTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "message_too_large"),
+            ChatError::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized"),
+            ChatError::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
             ChatError::RoomNotFound(_) => (S::NOT_FOUND, "room_not_found"),
             ChatError::NotAMember { .. } => (S::FORBIDDEN, "not_a_member"),
             ChatError::PrivateRoomFull { .. } => (S::FORBIDDEN, "private_room_full"),

@@ -1,9 +1,12 @@
-//! The HTTP layer (axum): the seed's endpoints, the health probes and the metrics. Handlers are thin: they
+//! The HTTP layer (axum): the seed's endpoints, the REST API v1, the health probes and the
+//! metrics. Handlers are thin: they
 //! parse and validate input, call [`ChatService`], and turn its errors into [`ApiError`]s.
 
+pub mod auth;
 pub mod error;
 mod health;
 pub mod seed;
+pub mod v1;
 
 use axum::Router;
 use axum::routing::get;
@@ -30,6 +33,7 @@ pub fn app(service: ChatService) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .merge(v1::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(TraceLayer::new_for_http())

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use crate::metrics as m;
 use crate::model::{Alias, ChatMessage, RoomName};
@@ -27,8 +28,8 @@ pub struct SendQuery {
     idempotency_key: Option<String>,
 }
 
-/// Answer of `GET /send/`.
-#[derive(Debug, Serialize, Deserialize)]
+/// Answer of `GET /send/` (and of a REST send).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SendResponse {
     /// `stored` (numbered and saved) or `accepted` (confirmed by the broker, saving pending).
     pub status: String,
@@ -93,6 +94,7 @@ fn alias(value: String) -> Result<Alias, ApiError> {
 /// 200 once stored, 202 once only confirmed by the broker.
 pub async fn send(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(raw): RawQuery,
     query: Result<Query<SendQuery>, QueryRejection>,
 ) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
@@ -108,6 +110,7 @@ pub async fn send(
         group_room: optional(q.group_room).map(|v| parse_bool(&v)).transpose()?,
         idempotency_key: q.idempotency_key,
     };
+    caller.must_be(&request.from_alias, state.service.require_auth())?;
     let started = std::time::Instant::now();
     let outcome = state.service.send(request).await;
     let label = match &outcome {
@@ -132,12 +135,14 @@ pub async fn send(
 /// `GET /messages/?room_name=&limit=`: the room's newest messages as texts, oldest first.
 pub async fn messages(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(raw): RawQuery,
     query: Result<Query<MessagesQuery>, QueryRejection>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     check_utf8(&raw)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = room_name(required(q.room_name, "room_name")?)?;
+    caller.must_be_member(&state, &room, state.service.require_auth())?;
     let limit = match optional(q.limit) {
         None => DEFAULT_MESSAGES_LIMIT,
         Some(v) => v

@@ -15,7 +15,7 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6d65_7373_2d63_6861_742d_6964_656d_706f);
 
 /// Whether a message is as its sender published it, or as the room's consumer received it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageType {
     /// Built by the sender and published; not yet through the room's consumer.
@@ -30,15 +30,17 @@ pub const MESS_TYPE_SENT: MessageType = MessageType::Sent;
 pub const MESS_TYPE_RECEIVED: MessageType = MessageType::Received;
 
 /// Everything about a message except its text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageProperties {
     /// Sent or received (see [`MessageType`]).
     pub mess_type: MessageType,
     /// The room the message belongs to.
+    #[schema(value_type = String)]
     pub room_name: RoomName,
     /// The destination: the other alias of a private room, or the group's exchange (room name).
     pub to_user: String,
     /// The sender's alias.
+    #[schema(value_type = String)]
     pub from_user: Alias,
     /// When the sender built it (millisecond precision, so it survives a store round trip).
     pub sent_time: DateTime<Utc>,
@@ -74,7 +76,7 @@ pub fn idempotent_id(room: &RoomName, from: &Alias, key: &str) -> Uuid {
 }
 
 /// A message: its text, its properties, and whether it still has to be saved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatMessage {
     /// The text.
     pub message: String,

@@ -6,15 +6,18 @@ use serde::{Deserialize, Serialize};
 use super::names::{Alias, RoomName};
 
 /// A room's metadata: everything but its messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoomMeta {
     /// The room's name (also its queue, exchange and collection name).
+    #[schema(value_type = String)]
     pub name: RoomName,
     /// Group room (any number of members, an exchange) or private room (two members).
     pub group_room: bool,
     /// Who created the room.
+    #[schema(value_type = String)]
     pub owner_alias: Alias,
     /// Every member, the owner included, in name order.
+    #[schema(value_type = Vec<String>)]
     pub members: Vec<Alias>,
     /// When the room was created.
     pub create_time: DateTime<Utc>,

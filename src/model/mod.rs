@@ -1,8 +1,9 @@
-//! The data model: names, messages and room metadata. Pure data with serde derives; no I/O.
+//! The data model: names, messages, room metadata and registered users. Pure data with serde derives; no I/O.
 
 mod message;
 mod meta;
 mod names;
+mod user;
 
 pub use message::{
     ChatMessage, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MESS_TYPE_RECEIVED, MESS_TYPE_SENT,
@@ -10,3 +11,4 @@ pub use message::{
 };
 pub use meta::{RoomListMeta, RoomMeta};
 pub use names::{Alias, MAX_NAME_LEN, NameError, RoomName};
+pub use user::UserRecord;

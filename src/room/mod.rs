@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 pub use list::RoomList;
@@ -23,6 +23,9 @@ use crate::model::{
     Alias, ChatMessage, MAX_MESSAGE_BYTES, MessageProperties, RoomMeta, RoomName, now,
 };
 use crate::store::{Store, StoreError};
+
+/// Messages a live subscriber may fall behind before it must catch up from the store.
+pub const LIVE_BUFFER: usize = 1024;
 
 /// What a room operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,8 @@ struct Inner {
     store: Arc<dyn Store>,
     /// Everything that changes. A std mutex: held for short sync sections, never across `.await`.
     state: Mutex<State>,
+    /// Stored messages, in order, for live subscribers.
+    live: broadcast::Sender<ChatMessage>,
 }
 
 struct State {
@@ -134,6 +139,7 @@ impl ChatRoom {
                 broker,
                 store,
                 state: Mutex::new(state),
+                live: broadcast::channel(LIVE_BUFFER).0,
             }),
         }
     }
@@ -443,6 +449,35 @@ impl ChatRoom {
         state.cache = latest.into_iter().rev().collect();
         state.last_sequence = last_sequence;
         Ok(true)
+    }
+
+    /// Up to `limit` stored messages numbered above `after`, oldest first.
+    pub async fn messages_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, RoomError> {
+        Ok(self
+            .inner
+            .store
+            .messages_after(&self.inner.name, after, limit)
+            .await?)
+    }
+
+    /// Up to `limit` stored messages containing `needle`, newest first.
+    pub async fn search(&self, needle: &str, limit: usize) -> Result<Vec<ChatMessage>, RoomError> {
+        Ok(self
+            .inner
+            .store
+            .search_messages(&self.inner.name, needle, limit)
+            .await?)
+    }
+
+    /// A feed of the room's messages as they are stored, in order, from now on. A receiver that
+    /// falls more than [`LIVE_BUFFER`] messages behind gets `Lagged` and should catch up from the
+    /// store.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChatMessage> {
+        self.inner.live.subscribe()
     }
 
     /// Up to `limit` stored messages numbered below `before`, oldest first.

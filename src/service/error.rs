@@ -18,6 +18,12 @@ pub enum ChatError {
     /// The message text is over the limit.
     #[error("message is {0} bytes long; the limit is {MAX_MESSAGE_BYTES} bytes")]
     MessageTooLarge(usize),
+    /// The request needs a valid bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// No room by that name.
     #[error("no room named {0}")]
     RoomNotFound(RoomName),

@@ -1,7 +1,13 @@
-//! `ChatService`: the use cases. It owns the [`RoomList`], creates rooms on their first send, runs
-//! one consumer task per room, and answers the HTTP layer. Cheap to clone.
+//! `ChatService`: the use cases. It owns the [`RoomList`], runs one consumer task per room, and
+//! answers the HTTP layer. Cheap to clone. The use cases are grouped by file: [`send`] (sending,
+//! creating a room on its first send), [`rooms`] (creating, deleting, membership), [`history`]
+//! (history, cursor pages, search), [`auth`] (registration and tokens).
 
+mod auth;
 mod error;
+mod history;
+mod rooms;
+mod send;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,13 +16,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use auth::Auth;
 pub use error::ChatError;
+pub use history::{HistoryPage, MAX_SEARCH_RESULTS};
 
 use crate::broker::Broker;
-use crate::model::{
-    Alias, ChatMessage, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MessageProperties, RoomName,
-    idempotent_id,
-};
+use crate::model::{Alias, ChatMessage, RoomName};
 use crate::room::{ChatRoom, RoomList};
 use crate::store::Store;
 
@@ -33,6 +38,8 @@ pub struct ServiceConfig {
     /// How long a send waits for its message to be stored before answering "accepted" instead
     /// (or 503 on a broker that is not durable).
     pub store_wait: Duration,
+    /// Whether callers must present a bearer token (`serve`'s default; off with `--no-auth`).
+    pub require_auth: bool,
 }
 
 impl Default for ServiceConfig {
@@ -40,6 +47,7 @@ impl Default for ServiceConfig {
         Self {
             cache_capacity: 1000,
             store_wait: Duration::from_secs(3),
+            require_auth: false,
         }
     }
 }
@@ -87,6 +95,8 @@ pub struct ChatService {
 
 struct Inner {
     rooms: RoomList,
+    /// Registered aliases and their tokens.
+    auth: Auth,
     broker: Arc<dyn Broker>,
     store: Arc<dyn Store>,
     config: ServiceConfig,
@@ -117,6 +127,7 @@ impl ChatService {
         let service = Self {
             inner: Arc::new(Inner {
                 rooms,
+                auth: Auth::new(store.clone()),
                 broker,
                 store,
                 config,
@@ -131,6 +142,16 @@ impl ChatService {
         }
         tracing::info!(rooms = service.inner.rooms.rooms().len(), "service started");
         Ok(service)
+    }
+
+    /// Registration and token checks.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    /// Whether callers must present a bearer token.
+    pub fn require_auth(&self) -> bool {
+        self.inner.config.require_auth
     }
 
     /// The room list.
@@ -158,244 +179,6 @@ impl ChatService {
             .spawn(async move { room.retrieve_messages(token).await });
     }
 
-    /// Sends a message (creating the room on its first send) and answers once it is stored, or
-    /// once the broker confirmed it if storing takes longer than `store_wait`.
-    pub async fn send(&self, request: SendRequest) -> Result<SendOutcome, ChatError> {
-        if request.message.is_empty() {
-            return Err(ChatError::BadRequest("message must not be empty".into()));
-        }
-        if request.message.len() > MAX_MESSAGE_BYTES {
-            return Err(ChatError::MessageTooLarge(request.message.len()));
-        }
-        if let Some(key) = &request.idempotency_key
-            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
-        {
-            return Err(ChatError::BadRequest(format!(
-                "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes long"
-            )));
-        }
-        let room = match self.inner.rooms.find(&request.room_name) {
-            Some(room) => room,
-            None => self.create_room(&request).await?,
-        };
-        let group_room = room.group_room();
-        if let Some(asked) = request.group_room
-            && asked != group_room
-        {
-            return Err(ChatError::KindConflict {
-                room: room.name().clone(),
-                actual: kind(group_room),
-                asked: kind(asked),
-            });
-        }
-        let to_user = if group_room {
-            if !room.is_member(&request.from_alias) {
-                self.check_alias_free(&request.from_alias)?;
-                room.add_group_member(&request.from_alias).await?;
-            }
-            room.name().to_string()
-        } else {
-            self.private_recipient(&room, &request)?.to_string()
-        };
-        let mut props =
-            MessageProperties::new_sent(room.name().clone(), request.from_alias.clone(), to_user);
-        if let Some(key) = &request.idempotency_key {
-            props.id = idempotent_id(room.name(), &request.from_alias, key);
-        }
-        let id = props.id;
-        let stored = room.register_waiter(id);
-        let sent = match room.send_message(request.message, props).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                room.forget_waiter(&id);
-                return Err(e.into());
-            }
-        };
-        let stored = tokio::time::timeout(self.inner.config.store_wait, stored).await;
-        if let Ok(Ok(stored)) = stored {
-            return Ok(SendOutcome::Stored(stored));
-        }
-        room.forget_waiter(&id);
-        if self.inner.broker.durable() {
-            // The broker holds it durably: it will be stored once the store can take it.
-            Ok(SendOutcome::Accepted(sent))
-        } else {
-            // Only this process holds it: no acknowledgement before it is stored.
-            Err(ChatError::Unavailable(format!(
-                "message {id} was not stored within {:?}; it may still be stored: retry with \
-                 the same idempotency_key to send it exactly once",
-                self.inner.config.store_wait
-            )))
-        }
-    }
-
-    /// The other member of a private room, checking that sender and recipient both belong.
-    fn private_recipient(
-        &self,
-        room: &ChatRoom,
-        request: &SendRequest,
-    ) -> Result<Alias, ChatError> {
-        let members = room.members();
-        let full = || ChatError::PrivateRoomFull {
-            room: room.name().clone(),
-            members: members
-                .iter()
-                .map(Alias::as_str)
-                .collect::<Vec<_>>()
-                .join(" and "),
-        };
-        if !members.contains(&request.from_alias) {
-            return Err(full());
-        }
-        let other = members
-            .iter()
-            .find(|m| **m != request.from_alias)
-            .cloned()
-            .unwrap_or_else(|| request.from_alias.clone());
-        match &request.to_alias {
-            Some(to) if *to != other => Err(full()),
-            _ => Ok(other),
-        }
-    }
-
-    /// Creates the room named by a first send: declared on the broker, saved, listed, consumed.
-    async fn create_room(&self, request: &SendRequest) -> Result<ChatRoom, ChatError> {
-        let _one_at_a_time = self.inner.creating.lock().await;
-        if let Some(room) = self.inner.rooms.find(&request.room_name) {
-            return Ok(room);
-        }
-        let name = &request.room_name;
-        let group_room = request.group_room.unwrap_or(false);
-        let other = if group_room {
-            None
-        } else {
-            let to = request.to_alias.clone().ok_or_else(|| {
-                ChatError::BadRequest(format!(
-                    "to_alias is required to create the private room {name} \
-                     (or pass group_room=true for a group room)"
-                ))
-            })?;
-            if to == request.from_alias {
-                return Err(ChatError::BadRequest(
-                    "a private room needs two different aliases".into(),
-                ));
-            }
-            self.check_alias_free(&to)?;
-            Some(to)
-        };
-        self.check_alias_free(&request.from_alias)?;
-        self.check_room_name_free(name, request)?;
-
-        let room = ChatRoom::new(
-            name.clone(),
-            group_room,
-            request.from_alias.clone(),
-            other,
-            self.inner.broker.clone(),
-            self.inner.store.clone(),
-            self.inner.config.cache_capacity,
-        );
-        // A room saved before a crash, but not yet in the saved list, is taken back as it was.
-        let restored = room.restore().await?;
-        room.declare().await?;
-        if !restored {
-            room.persist().await?;
-        }
-        self.inner.rooms.add(room.clone());
-        self.inner.rooms.persist_meta().await?;
-        self.spawn_consumer(room.clone());
-        tracing::info!(room = %name, group_room = room.group_room(), "room created");
-        Ok(room)
-    }
-
-    /// An alias may not be a room's name: both name queues on the broker.
-    fn check_alias_free(&self, alias: &Alias) -> Result<(), ChatError> {
-        let as_room = RoomName::new(alias.as_str())?;
-        if self.inner.rooms.find(&as_room).is_some() {
-            return Err(ChatError::NameTaken(format!(
-                "{alias} is the name of a room; rooms and aliases share one namespace"
-            )));
-        }
-        Ok(())
-    }
-
-    /// A new room's name may not be an alias in use (nor the name of an alias in this request).
-    fn check_room_name_free(
-        &self,
-        name: &RoomName,
-        request: &SendRequest,
-    ) -> Result<(), ChatError> {
-        let taken = request.from_alias.as_str() == name.as_str()
-            || request
-                .to_alias
-                .as_ref()
-                .is_some_and(|a| a.as_str() == name.as_str())
-            || self
-                .inner
-                .rooms
-                .rooms()
-                .iter()
-                .any(|room| room.members().iter().any(|m| m.as_str() == name.as_str()));
-        if taken {
-            return Err(ChatError::NameTaken(format!(
-                "{name} is an alias; rooms and aliases share one namespace"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The room's newest `limit` messages, oldest first: from the cache, and from the store for
-    /// whatever the cache no longer holds.
-    pub async fn history(
-        &self,
-        name: &RoomName,
-        limit: usize,
-    ) -> Result<Vec<ChatMessage>, ChatError> {
-        if limit == 0 || limit > MAX_HISTORY_LIMIT {
-            return Err(ChatError::BadRequest(format!(
-                "limit must be between 1 and {MAX_HISTORY_LIMIT}"
-            )));
-        }
-        let room = self.room(name)?;
-        let mut cached = room.cached();
-        if cached.len() >= limit {
-            return Ok(cached.split_off(cached.len() - limit));
-        }
-        let oldest = cached
-            .first()
-            .and_then(|m| m.mess_props.sequence_number)
-            .unwrap_or(room.last_sequence() + 1);
-        if oldest <= 1 {
-            return Ok(cached);
-        }
-        let mut older = room.messages_before(oldest, limit - cached.len()).await?;
-        older.extend(cached);
-        Ok(older)
-    }
-
-    /// Deletes a room: stops its consumer, removes its queue and exchange, its collection and
-    /// its entry in the room list.
-    pub async fn delete_room(&self, name: &RoomName) -> Result<(), ChatError> {
-        let room = self.room(name)?;
-        let token = self
-            .inner
-            .consumers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        if let Some(token) = token {
-            token.cancel();
-        }
-        self.inner
-            .broker
-            .delete_room(name, room.group_room())
-            .await?;
-        self.inner.store.delete_room(name).await?;
-        self.inner.rooms.remove(name);
-        self.inner.rooms.persist_meta().await?;
-        Ok(())
-    }
-
     /// Pings the broker and the store (each within two seconds).
     pub async fn readiness(&self) -> Readiness {
         let limit = Duration::from_secs(2);
@@ -421,6 +204,7 @@ impl ChatService {
     }
 }
 
+/// "group" or "private", for messages.
 fn kind(group_room: bool) -> &'static str {
     if group_room { "group" } else { "private" }
 }

@@ -1,8 +1,8 @@
 //! The embedded store: the store's logical layout in one `redb` file, durable on every commit.
 //!
 //! Tables: `room_lists` (name → JSON), `rooms` (room → JSON metadata), `messages`
-//! ((room, sequence number) → JSON message) and `message_ids` ((room, id) → sequence number), the
-//! last one making writes idempotent by id. redb is synchronous, so each call runs on tokio's
+//! ((room, sequence number) → JSON message), `message_ids` ((room, id) → sequence number), which
+//! makes writes idempotent by id, and `users` (alias → JSON record with the token's hash). redb is synchronous, so each call runs on tokio's
 //! blocking pool.
 
 use std::path::Path;
@@ -15,12 +15,13 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{Inserted, Store, StoreError};
-use crate::model::{ChatMessage, RoomListMeta, RoomMeta, RoomName};
+use crate::model::{Alias, ChatMessage, RoomListMeta, RoomMeta, RoomName, UserRecord};
 
 const ROOM_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_lists");
 const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const MESSAGE_IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("message_ids");
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "mess-chat.redb";
@@ -64,6 +65,7 @@ impl EmbeddedStore {
         redb!(txn.open_table(ROOMS));
         redb!(txn.open_table(MESSAGES));
         redb!(txn.open_table(MESSAGE_IDS));
+        redb!(txn.open_table(USERS));
         redb!(txn.commit());
         Ok(Self { db: Arc::new(db) })
     }
@@ -275,6 +277,87 @@ impl Store for EmbeddedStore {
         let room = room.clone();
         self.blocking(move |db| messages_in(db, room.as_str(), before, limit))
             .await
+    }
+
+    async fn messages_after(
+        &self,
+        room: &RoomName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let room = room.clone();
+        self.blocking(move |db| {
+            let name = room.as_str();
+            let txn = redb!(db.begin_read());
+            let table = redb!(txn.open_table(MESSAGES));
+            let mut found = Vec::with_capacity(limit.min(1024));
+            let Some(first) = after.checked_add(1) else {
+                return Ok(found);
+            };
+            for entry in redb!(table.range((name, first)..=(name, u64::MAX))).take(limit) {
+                let (_, value) = redb!(entry);
+                found.push(decode::<ChatMessage>(value.value())?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn search_messages(
+        &self,
+        room: &RoomName,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let (room, needle) = (room.clone(), needle.to_string());
+        self.blocking(move |db| {
+            let name = room.as_str();
+            let txn = redb!(db.begin_read());
+            let table = redb!(txn.open_table(MESSAGES));
+            let mut found = Vec::new();
+            for entry in redb!(table.range((name, 1)..=(name, u64::MAX))).rev() {
+                if found.len() >= limit {
+                    break;
+                }
+                let (_, value) = redb!(entry);
+                let message: ChatMessage = decode(value.value())?;
+                if super::text_matches(&message.message, &needle) {
+                    found.push(message);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn create_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
+        let (alias, bytes) = (user.alias.clone(), encode(user)?);
+        self.blocking(move |db| {
+            let txn = redb!(db.begin_write());
+            {
+                let mut users = redb!(txn.open_table(USERS));
+                if redb!(users.get(alias.as_str())).is_some() {
+                    return Ok(false);
+                }
+                redb!(users.insert(alias.as_str(), bytes.as_slice()));
+            }
+            redb!(txn.commit());
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn load_user(&self, alias: &Alias) -> Result<Option<UserRecord>, StoreError> {
+        let alias = alias.clone();
+        self.blocking(move |db| {
+            let txn = redb!(db.begin_read());
+            let users = redb!(txn.open_table(USERS));
+            match redb!(users.get(alias.as_str())) {
+                Some(value) => decode(value.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
     }
 
     async fn last_sequence(&self, room: &RoomName) -> Result<u64, StoreError> {

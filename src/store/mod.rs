@@ -2,7 +2,7 @@
 //!
 //! - [`mongo::MongoStore`]: MongoDB through the official `mongodb` crate (the only module that
 //!   imports it). One collection per room, named after the room, holding one metadata document
-//!   (`_id: "meta"`) and one document per message; plus a `_room_list` collection.
+//!   (`_id: "meta"`) and one document per message; plus `_room_list` and `_users` collections.
 //! - [`embedded::EmbeddedStore`]: the same logical layout in one `redb` file on disk.
 //!
 //! Message writes are idempotent by message id: writing a message whose id is already stored
@@ -14,7 +14,7 @@ pub mod mongo;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::model::{ChatMessage, RoomListMeta, RoomMeta, RoomName};
+use crate::model::{Alias, ChatMessage, RoomListMeta, RoomMeta, RoomName, UserRecord};
 
 /// What can go wrong talking to the store.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,13 @@ pub enum StoreError {
     /// Only numbered messages can be stored.
     #[error("message {0} has no sequence number")]
     Unnumbered(Uuid),
+}
+
+/// Whether `text` contains `needle`, ASCII letters compared without case (the rule of
+/// [`Store::search_messages`] on every back end).
+pub fn text_matches(text: &str, needle: &str) -> bool {
+    text.to_ascii_lowercase()
+        .contains(&needle.to_ascii_lowercase())
 }
 
 /// Checks that every message of a batch has its sequence number.
@@ -101,6 +108,29 @@ pub trait Store: Send + Sync + 'static {
         before: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// Up to `limit` messages numbered above `after`, the closest to it, oldest first.
+    async fn messages_after(
+        &self,
+        room: &RoomName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// Up to `limit` of the room's messages whose text contains `needle` (ASCII letters
+    /// compared without case), newest first.
+    async fn search_messages(
+        &self,
+        room: &RoomName,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// Registers a user; `false` (and nothing changed) if the alias is already registered.
+    async fn create_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
+
+    /// The registered user with this alias.
+    async fn load_user(&self, alias: &Alias) -> Result<Option<UserRecord>, StoreError>;
 
     /// The highest sequence number stored for the room (0 when it has no messages).
     async fn last_sequence(&self, room: &RoomName) -> Result<u64, StoreError>;

@@ -4,8 +4,9 @@
 //! after the room, with one metadata document `{_id: "meta", kind: "meta", ...}` and one document
 //! per message `{_id: <id>, message, mess_props: {mess_type, room_name, to_user, from_user,
 //! sent_time, rec_time, sequence_number, id}}`, indexed uniquely on `mess_props.id` and on
-//! `mess_props.sequence_number`; and a `_room_list` collection with one document per room list.
-//! Room names cannot start with `_`, so no room can collide with `_room_list`.
+//! `mess_props.sequence_number`; a `_room_list` collection with one document per room list; and a
+//! `_users` collection, one document per registered alias. Room names cannot start with `_`, so
+//! no room can collide with these.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -22,10 +23,13 @@ use uuid::Uuid;
 use super::{Inserted, Store, StoreError};
 use crate::model::{
     Alias, ChatMessage, MessageProperties, MessageType, RoomListMeta, RoomMeta, RoomName,
+    UserRecord,
 };
 
 /// Collection holding the room lists' metadata.
 pub const ROOM_LIST_COLLECTION: &str = "_room_list";
+/// Collection holding registered users (alias and token hash).
+pub const USERS_COLLECTION: &str = "_users";
 /// How long an operation waits for a usable server before the store counts as unavailable.
 pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 const META_ID: &str = "meta";
@@ -116,11 +120,14 @@ impl MongoStore {
         Ok(())
     }
 
+    /// Up to `limit` messages matching `filter`, the highest numbers first when `newest` (then
+    /// returned oldest first), else the lowest; always returned oldest first.
     async fn find_messages(
         &self,
         room: &RoomName,
         filter: Document,
         limit: usize,
+        newest: bool,
     ) -> Result<Vec<ChatMessage>, StoreError> {
         use futures_util::TryStreamExt;
         if limit == 0 {
@@ -128,7 +135,7 @@ impl MongoStore {
             return Ok(Vec::new());
         }
         let options = FindOptions::builder()
-            .sort(doc! { SEQ: -1 })
+            .sort(doc! { SEQ: if newest { -1 } else { 1 } })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .build();
         let docs: Vec<Document> = self
@@ -142,7 +149,9 @@ impl MongoStore {
             .iter()
             .map(message_from_doc)
             .collect::<Result<Vec<_>, _>>()?;
-        messages.reverse();
+        if newest {
+            messages.reverse();
+        }
         Ok(messages)
     }
 }
@@ -238,6 +247,18 @@ where
                 .map_err(malformed)
         })
         .collect()
+}
+
+/// `text` as a regular expression matching itself.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
@@ -403,7 +424,7 @@ impl Store for MongoStore {
         room: &RoomName,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        self.find_messages(room, doc! { SEQ: { "$gte": 1_i64 } }, limit)
+        self.find_messages(room, doc! { SEQ: { "$gte": 1_i64 } }, limit, true)
             .await
     }
 
@@ -415,7 +436,62 @@ impl Store for MongoStore {
     ) -> Result<Vec<ChatMessage>, StoreError> {
         let before = i64::try_from(before).unwrap_or(i64::MAX);
         let filter = doc! { SEQ: { "$gte": 1_i64, "$lt": before } };
-        self.find_messages(room, filter, limit).await
+        self.find_messages(room, filter, limit, true).await
+    }
+
+    async fn messages_after(
+        &self,
+        room: &RoomName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let filter = doc! { SEQ: { "$gt": after } };
+        self.find_messages(room, filter, limit, false).await
+    }
+
+    async fn search_messages(
+        &self,
+        room: &RoomName,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        // The regex narrows the candidates on the server; the shared rule decides.
+        let filter = doc! {
+            SEQ: { "$gte": 1_i64 },
+            "message": { "$regex": regex_escape(needle), "$options": "i" },
+        };
+        let mut found = self.find_messages(room, filter, limit, true).await?;
+        found.retain(|m| super::text_matches(&m.message, needle));
+        found.reverse();
+        Ok(found)
+    }
+
+    async fn create_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
+        let document = doc! {
+            "_id": user.alias.as_str(),
+            "alias": user.alias.as_str(),
+            "token_hash": &user.token_hash,
+            "create_time": date(user.create_time),
+        };
+        let users = self.db.collection::<Document>(USERS_COLLECTION);
+        match users.insert_one(document).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn load_user(&self, alias: &Alias) -> Result<Option<UserRecord>, StoreError> {
+        let users = self.db.collection::<Document>(USERS_COLLECTION);
+        let Some(d) = users.find_one(doc! { "_id": alias.as_str() }).await? else {
+            return Ok(None);
+        };
+        Ok(Some(UserRecord {
+            alias: alias.clone(),
+            token_hash: d.get_str("token_hash").map_err(malformed)?.to_string(),
+            create_time: from_date(*d.get_datetime("create_time").map_err(malformed)?)?,
+        }))
     }
 
     async fn last_sequence(&self, room: &RoomName) -> Result<u64, StoreError> {

@@ -1,0 +1,75 @@
+//! Who is calling: the `Authorization: Bearer <token>` header, checked against the registered
+//! aliases. The REST API always identifies its caller this way; the seed endpoints require it
+//! unless the service runs with `--no-auth`.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::model::{Alias, RoomName};
+use crate::service::ChatError;
+
+/// The authenticated caller, if the request carried a token.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Option<Alias>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(header) = parts.headers.get(AUTHORIZATION) else {
+            return Ok(Caller(None));
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ChatError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+            })?;
+        let alias = state.service.auth().authenticate(token.trim()).await?;
+        Ok(Caller(Some(alias)))
+    }
+}
+
+impl Caller {
+    /// The caller's alias; 401 without a token.
+    pub fn alias(&self) -> Result<&Alias, ApiError> {
+        self.0.as_ref().ok_or_else(|| {
+            ChatError::Unauthorized(
+                "this endpoint needs `Authorization: Bearer <token>` (POST /api/v1/users)".into(),
+            )
+            .into()
+        })
+    }
+
+    /// The caller must be `alias` (when `enforce`): nobody posts as someone else.
+    pub fn must_be(&self, alias: &Alias, enforce: bool) -> Result<(), ApiError> {
+        if !enforce {
+            return Ok(());
+        }
+        if self.alias()? != alias {
+            return Err(ChatError::Forbidden(format!("your token is not {alias}'s")).into());
+        }
+        Ok(())
+    }
+
+    /// The caller must be a member of `room` (when `enforce`): nobody reads others' rooms.
+    pub fn must_be_member(
+        &self,
+        state: &AppState,
+        room: &RoomName,
+        enforce: bool,
+    ) -> Result<(), ApiError> {
+        if !enforce {
+            return Ok(());
+        }
+        let alias = self.alias()?;
+        if !state.service.room(room)?.is_member(alias) {
+            return Err(ChatError::Forbidden(format!("{alias} is not a member of {room}")).into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! Reading: the newest messages, cursor pages by sequence number, search.
+
+use super::{ChatError, ChatService, MAX_HISTORY_LIMIT};
+use crate::model::{ChatMessage, RoomName};
+
+impl ChatService {
+    /// The room's newest `limit` messages, oldest first: from the cache, and from the store for
+    /// whatever the cache no longer holds.
+    pub async fn history(
+        &self,
+        name: &RoomName,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, ChatError> {
+        check_limit(limit)?;
+        let room = self.room(name)?;
+        let mut cached = room.cached();
+        if cached.len() >= limit {
+            return Ok(cached.split_off(cached.len() - limit));
+        }
+        let oldest = cached
+            .first()
+            .and_then(|m| m.mess_props.sequence_number)
+            .unwrap_or(room.last_sequence() + 1);
+        if oldest <= 1 {
+            return Ok(cached);
+        }
+        let mut older = room.messages_before(oldest, limit - cached.len()).await?;
+        older.extend(cached);
+        Ok(older)
+    }
+}
+
+/// Most results one search returns.
+pub const MAX_SEARCH_RESULTS: usize = 100;
+
+/// One page of a room's history, oldest first.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HistoryPage {
+    /// The messages, in sequence order.
+    pub messages: Vec<ChatMessage>,
+    /// Whether more messages lie beyond this page in the direction asked (older for `before` or
+    /// the newest page, newer for `after`).
+    pub more: bool,
+}
+
+impl ChatService {
+    /// A page of at most `limit` messages: those right before sequence number `before`, right
+    /// after `after`, or the newest. Pages meet without gap or overlap, wherever the cache ends.
+    pub async fn page(
+        &self,
+        name: &RoomName,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, ChatError> {
+        check_limit(limit)?;
+        let room = self.room(name)?;
+        let last = room.last_sequence();
+        match (before, after) {
+            (Some(_), Some(_)) => Err(ChatError::BadRequest(
+                "give before or after, not both".into(),
+            )),
+            (None, Some(after)) => {
+                let cached = room.cached();
+                let covered = cached
+                    .first()
+                    .and_then(|m| m.mess_props.sequence_number)
+                    .is_some_and(|oldest| oldest <= after.saturating_add(1));
+                let messages: Vec<ChatMessage> = if covered {
+                    cached
+                        .into_iter()
+                        .filter(|m| m.mess_props.sequence_number > Some(after))
+                        .take(limit)
+                        .collect()
+                } else {
+                    room.messages_after(after, limit).await?
+                };
+                let newest = messages
+                    .last()
+                    .and_then(|m| m.mess_props.sequence_number)
+                    .unwrap_or(after);
+                Ok(HistoryPage {
+                    more: newest < last,
+                    messages,
+                })
+            }
+            (before, None) => {
+                let before = before.unwrap_or(u64::MAX);
+                let mut cached: Vec<ChatMessage> = room
+                    .cached()
+                    .into_iter()
+                    .filter(|m| m.mess_props.sequence_number < Some(before))
+                    .collect();
+                let oldest_cached = cached.first().and_then(|m| m.mess_props.sequence_number);
+                let messages = if cached.len() >= limit || oldest_cached == Some(1) {
+                    cached.split_off(cached.len().saturating_sub(limit))
+                } else {
+                    // The store has everything below what the cache holds (or below `before`).
+                    let below = oldest_cached.unwrap_or(before.min(last + 1));
+                    let mut older = room.messages_before(below, limit - cached.len()).await?;
+                    older.extend(cached);
+                    older
+                };
+                let oldest = messages.first().and_then(|m| m.mess_props.sequence_number);
+                Ok(HistoryPage {
+                    more: oldest.is_some_and(|s| s > 1),
+                    messages,
+                })
+            }
+        }
+    }
+
+    /// Messages of the room containing `query` (ASCII letters without case), newest first; with
+    /// `exact`, only those whose whole text is `query` (the seed's `find_message`).
+    pub async fn search(
+        &self,
+        name: &RoomName,
+        query: &str,
+        exact: bool,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, ChatError> {
+        if query.is_empty() {
+            return Err(ChatError::BadRequest("q must not be empty".into()));
+        }
+        if limit == 0 || limit > MAX_SEARCH_RESULTS {
+            return Err(ChatError::BadRequest(format!(
+                "limit must be between 1 and {MAX_SEARCH_RESULTS}"
+            )));
+        }
+        let room = self.room(name)?;
+        if exact && let Some(found) = room.find_message(query) {
+            return Ok(vec![found]);
+        }
+        let mut found = room
+            .search(query, if exact { usize::MAX } else { limit })
+            .await?;
+        if exact {
+            found.retain(|m| m.message == query);
+            found.truncate(limit);
+        }
+        Ok(found)
+    }
+}
+
+fn check_limit(limit: usize) -> Result<(), ChatError> {
+    if limit == 0 || limit > MAX_HISTORY_LIMIT {
+        return Err(ChatError::BadRequest(format!(
+            "limit must be between 1 and {MAX_HISTORY_LIMIT}"
+        )));
+    }
+    Ok(())
+}
