@@ -7,4 +7,11 @@ cd "$(dirname "$0")/.."
 services=$(scripts/services.sh start)
 eval "$services"
 echo "test.sh: RabbitMQ at $MESS_CHAT_AMQP_URL, MongoDB-protocol server at $MESS_CHAT_MONGO_URL" >&2
+# schemathesis (the API fuzzer of tests/fuzz_test.rs) lives in the services' virtualenv.
+venv="${MESS_CHAT_SERVICES_DIR:-$HOME/.cache/mess-chat-services}/venv"
+if [ ! -x "$venv/bin/schemathesis" ]; then
+    echo "test.sh: installing schemathesis into $venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check schemathesis >&2
+fi
+export MESS_CHAT_SCHEMATHESIS="$venv/bin/schemathesis"
 cargo test --locked --no-fail-fast "$@"
