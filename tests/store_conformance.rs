@@ -15,8 +15,9 @@ use common::{Backend, Env};
 use futures_util::FutureExt;
 use mess_chat::model::{
     Alias, ChatMessage, MessageProperties, MessageType, RoomListMeta, RoomMeta, RoomName,
+    UserRecord,
 };
-use mess_chat::store::{Inserted, Store};
+use mess_chat::store::{Inserted, Store, StoreError};
 
 /// Emits, for each named `async fn name(backend: Backend)`, one `#[tokio::test]` per back end.
 macro_rules! on_both_backends {
@@ -52,6 +53,11 @@ on_both_backends!(
     delete_room_removes_metadata_and_messages,
     awkward_text_and_millisecond_times_round_trip_exactly,
     rooms_are_isolated_from_each_other,
+    messages_after_pages_forwards_without_gap_or_duplicate,
+    a_batch_insert_skips_stored_ids_and_lookups_find_them,
+    unnumbered_messages_are_refused,
+    search_matches_substrings_without_ascii_case_newest_first,
+    users_register_once_and_load_back,
     ping_succeeds,
 );
 
@@ -415,6 +421,175 @@ async fn rooms_are_isolated_from_each_other(backend: Backend) {
 async fn ping_succeeds(backend: Backend) {
     with_store(backend, |store| async move {
         store.ping().await.expect("ping");
+    })
+    .await
+}
+
+async fn messages_after_pages_forwards_without_gap_or_duplicate(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("after");
+        insert_range(store.as_ref(), &room, 1, 25).await;
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = store.messages_after(&room, after, 10).await.expect("page");
+            if page.is_empty() {
+                break;
+            }
+            seen.extend(sequences(&page));
+            after = *seen.last().unwrap();
+        }
+        assert_eq!(seen, (1..=25).collect::<Vec<_>>());
+        assert!(
+            store
+                .messages_after(&room, 25, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .messages_after(&room, u64::MAX, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.messages_after(&room, 3, 0).await.unwrap().is_empty());
+    })
+    .await
+}
+
+async fn a_batch_insert_skips_stored_ids_and_lookups_find_them(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("batch");
+        let first = insert_range(store.as_ref(), &room, 1, 2).await;
+        // A retried batch: ids 1 and 2 are stored already (here with other numbers, which must
+        // not win), 3 and 4 are new.
+        let mut retried: Vec<ChatMessage> = first
+            .iter()
+            .map(|m| {
+                let mut again = m.clone();
+                again.mess_props.sequence_number = Some(90 + m.mess_props.sequence_number.unwrap());
+                again
+            })
+            .collect();
+        retried.push(received(&room, 3, "three"));
+        retried.push(received(&room, 4, "four"));
+        store.insert_messages(&room, &retried).await.expect("batch");
+        store
+            .insert_messages(&room, &retried)
+            .await
+            .expect("the same batch again");
+        let all = store.latest_messages(&room, 100).await.unwrap();
+        assert_eq!(sequences(&all), [1, 2, 3, 4]);
+        let ids: Vec<_> = retried.iter().map(|m| m.mess_props.id).collect();
+        let mut found = store.existing_messages(&room, &ids).await.unwrap();
+        found.sort_by_key(|m| m.mess_props.sequence_number);
+        assert_eq!(sequences(&found), [1, 2, 3, 4]);
+        let unknown = received(&room, 5, "never stored");
+        assert!(
+            store
+                .existing_messages(&room, &[unknown.mess_props.id])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .existing_messages(&room, &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await
+}
+
+async fn unnumbered_messages_are_refused(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("unnumbered");
+        let mut message = received(&room, 1, "no number");
+        message.mess_props.sequence_number = None;
+        let single = store.insert_message(&message).await;
+        assert!(
+            matches!(single, Err(StoreError::Unnumbered(_))),
+            "{single:?}"
+        );
+        let batch = store
+            .insert_messages(&room, std::slice::from_ref(&message))
+            .await;
+        assert!(matches!(batch, Err(StoreError::Unnumbered(_))), "{batch:?}");
+        assert_eq!(store.last_sequence(&room).await.unwrap(), 0);
+    })
+    .await
+}
+
+async fn search_matches_substrings_without_ascii_case_newest_first(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("search");
+        let other = common::room("searchother");
+        let texts = [
+            "Hello world",
+            "say hello",
+            "goodbye",
+            "HELLO again",
+            "a.b*c (d)",
+        ];
+        for (i, text) in texts.iter().enumerate() {
+            store
+                .insert_message(&received(&room, i as u64 + 1, text))
+                .await
+                .unwrap();
+        }
+        store
+            .insert_message(&received(&other, 1, "hello from elsewhere"))
+            .await
+            .unwrap();
+        let found = store.search_messages(&room, "hello", 10).await.unwrap();
+        let got: Vec<&str> = found.iter().map(|m| m.message.as_str()).collect();
+        assert_eq!(got, ["HELLO again", "say hello", "Hello world"]);
+        let limited = store.search_messages(&room, "hello", 2).await.unwrap();
+        assert_eq!(sequences(&limited), [4, 2]);
+        let special = store.search_messages(&room, "b*c (", 10).await.unwrap();
+        assert_eq!(
+            sequences(&special),
+            [5],
+            "pattern characters are plain text"
+        );
+        assert!(
+            store
+                .search_messages(&room, "absent", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await
+}
+
+async fn users_register_once_and_load_back(backend: Backend) {
+    with_store(backend, |store| async move {
+        let name = common::alias("user");
+        let user = UserRecord {
+            alias: name.clone(),
+            token_hash: "ab".repeat(32),
+            create_time: at(1_700_000_000_321),
+        };
+        assert!(store.create_user(&user).await.unwrap(), "new alias");
+        let again = UserRecord {
+            token_hash: "cd".repeat(32),
+            ..user.clone()
+        };
+        assert!(!store.create_user(&again).await.unwrap(), "taken alias");
+        assert_eq!(
+            store.load_user(&name).await.unwrap(),
+            Some(user),
+            "the first stays"
+        );
+        assert_eq!(
+            store.load_user(&common::alias("nobody")).await.unwrap(),
+            None
+        );
     })
     .await
 }
