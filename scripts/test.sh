@@ -14,4 +14,13 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check schemathesis >&2
 fi
 export MESS_CHAT_SCHEMATHESIS="$venv/bin/schemathesis"
+# The browser test (tests/web_test.rs) needs Debian's Chromium and playwright-core from the lock.
+if ! command -v chromium >/dev/null; then
+    echo "test.sh: installing chromium" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d tests/web/node_modules ] || [ tests/web/package-lock.json -nt tests/web/node_modules ]; then
+    npm ci --prefix tests/web --no-audit --no-fund >&2
+fi
 cargo test --locked --no-fail-fast "$@"

@@ -7,6 +7,7 @@ pub mod error;
 mod health;
 pub mod seed;
 pub mod v1;
+mod web;
 
 use axum::Router;
 use axum::routing::get;
@@ -34,6 +35,7 @@ pub fn app(service: ChatService) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(v1::routes())
+        .merge(web::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(TraceLayer::new_for_http())
