@@ -1,4 +1,5 @@
-//! The `mess-chat` binary: `serve` runs the service; `send` and `messages` talk to one over HTTP.
+//! The `mess-chat` binary: `serve` runs the service; `send`, `messages`, `register`, `rooms` and
+//! `tail` talk to one over HTTP (and a WebSocket, for `tail`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,12 @@ enum Command {
     Send(SendArgs),
     /// Print a room's latest messages from a running server.
     Messages(MessagesArgs),
+    /// Register an alias and print its token.
+    Register(RegisterArgs),
+    /// List the rooms you are a member of.
+    Rooms(RoomsArgs),
+    /// Print a room's messages as they arrive, until interrupted.
+    Tail(TailArgs),
 }
 
 #[derive(Args)]
@@ -81,6 +88,15 @@ struct ServerArg {
         default_value = "http://127.0.0.1:8080"
     )]
     server: String,
+    /// Your bearer token (from `mess-chat register`); needed when the server runs with auth.
+    #[arg(long, env = "MESS_CHAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServerArg {
+    fn client(self) -> Client {
+        Client::new(self.server).with_token(self.token)
+    }
 }
 
 #[derive(Args)]
@@ -116,6 +132,31 @@ struct MessagesArgs {
     /// How many of the newest messages.
     #[arg(long)]
     limit: Option<usize>,
+}
+
+#[derive(Args)]
+struct RegisterArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// The alias to register.
+    alias: String,
+}
+
+#[derive(Args)]
+struct RoomsArgs {
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Room to follow.
+    room: String,
+    /// Start after this sequence number (default: only new messages).
+    #[arg(long)]
+    after: Option<u64>,
 }
 
 impl ServeArgs {
@@ -193,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
             serve(args).await
         }
         Command::Send(args) => {
-            let client = Client::new(args.server.server);
+            let client = args.server.client();
             let params = SendParams {
                 room_name: args.room,
                 message: args.message,
@@ -207,12 +248,63 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Messages(args) => {
-            let client = Client::new(args.server.server);
+            let client = args.server.client();
             for text in client.messages(&args.room, args.limit).await? {
                 println!("{text}");
             }
             Ok(())
         }
+        Command::Register(args) => {
+            let registered = args.server.client().register(&args.alias).await?;
+            println!("{}", registered.token);
+            eprintln!(
+                "registered {}; to use the token: export MESS_CHAT_TOKEN={}",
+                registered.alias, registered.token
+            );
+            Ok(())
+        }
+        Command::Rooms(args) => {
+            for room in args.server.client().rooms().await? {
+                let kind = if room.group_room { "group" } else { "private" };
+                let members: Vec<&str> = room.members.iter().map(|m| m.as_str()).collect();
+                println!(
+                    "{}\t{kind}\towner {}\tmembers {}",
+                    room.name,
+                    room.owner_alias,
+                    members.join(",")
+                );
+            }
+            Ok(())
+        }
+        Command::Tail(args) => tail(args).await,
+    }
+}
+
+/// Prints each live message of a room as `[seq] from: text`; reconnects where it left off.
+async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text);
+    let client = args.server.client();
+    let mut feed = client
+        .live(&args.room, args.after)
+        .await
+        .with_context(|| format!("cannot follow {}", args.room))?;
+    let interrupted = shutdown_signal();
+    tokio::pin!(interrupted);
+    loop {
+        let next = tokio::select! {
+            next = feed.next() => next?,
+            () = &mut interrupted => return Ok(()),
+        };
+        let Some(message) = next else {
+            eprintln!("room {} was deleted", args.room);
+            return Ok(());
+        };
+        println!(
+            "[{}] {}: {}",
+            message.mess_props.sequence_number.unwrap_or_default(),
+            message.mess_props.from_user,
+            message.message
+        );
     }
 }
 

@@ -154,6 +154,12 @@ impl ChatService {
         self.inner.config.require_auth
     }
 
+    /// Fires when the service shuts down: long-lived work outside the service (live sockets,
+    /// which the HTTP server does not wait for once upgraded) stops on it.
+    pub fn shutdown_signal(&self) -> CancellationToken {
+        self.inner.shutdown.child_token()
+    }
+
     /// The room list.
     pub fn rooms(&self) -> &RoomList {
         &self.inner.rooms

@@ -2,6 +2,7 @@
 //! with cursor pagination, search, and the OpenAPI description at `/api/v1/openapi.json`. Every
 //! endpoint but registration and the description needs `Authorization: Bearer <token>`.
 
+mod live;
 mod messages;
 mod rooms;
 mod users;
@@ -106,6 +107,7 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/rooms/{room}/search",
             get(messages::messages_search),
         )
+        .route("/api/v1/rooms/{room}/live", get(live::rooms_live))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
