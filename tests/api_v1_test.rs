@@ -2,6 +2,7 @@
 //! members, messages with cursor pages across the cache/store seam, search, access rules (also
 //! on the seed endpoints), and the OpenAPI description. On both back ends.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -10,19 +11,6 @@ use common::{Backend, TestServer, room, unique};
 use mess_chat::service::ServiceConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $name() { super::$name(super::Backend::Embedded).await })*
-        }
-        mod real {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $name() { super::$name(super::Backend::Real).await })*
-        }
-    };
-}
 
 on_both_backends!(
     registration_returns_a_token_that_identifies_the_alias,

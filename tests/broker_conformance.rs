@@ -5,6 +5,7 @@
 //! `cargo test --test broker_conformance` runs `embedded::<test>` and `real::<test>` for each.
 //! Every wait is bounded, so a broker that never delivers fails the test instead of hanging it.
 
+#[macro_use]
 mod common;
 
 use std::future::Future;
@@ -17,28 +18,6 @@ use futures_util::FutureExt;
 use mess_chat::broker::{Broker, BrokerError, Delivery, DeliveryStream};
 use mess_chat::model::{Alias, RoomName};
 use tokio::time::timeout;
-
-/// Emits, for each named `async fn name(backend: Backend)`, one `#[tokio::test]` per back end.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Embedded).await
-                }
-            )*
-        }
-        mod real {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Real).await
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     an_acked_message_is_gone_for_the_next_consumer,

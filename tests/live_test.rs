@@ -3,6 +3,7 @@
 //! opened during a burst, refusals before the upgrade, how sockets end, and `mess-chat tail`.
 //! On both back ends; every wait is bounded.
 
+#[macro_use]
 mod common;
 
 use std::process::Stdio;
@@ -20,19 +21,6 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $name() { super::$name(super::Backend::Embedded).await })*
-        }
-        mod real {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $name() { super::$name(super::Backend::Real).await })*
-        }
-    };
-}
 
 on_both_backends!(
     a_member_gets_each_new_message_once_in_order,

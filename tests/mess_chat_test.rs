@@ -1,6 +1,7 @@
 //! The HTTP API end to end (the seed's `mess_chat_test`): a server on an ephemeral port, talked
 //! to over HTTP, on the embedded back ends and on the real RabbitMQ + MongoDB-protocol server.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -11,18 +12,6 @@ use mess_chat::client::{ClientError, SendParams};
 use mess_chat::model::{MAX_MESSAGE_BYTES, RoomName};
 use mess_chat::service::ServiceConfig;
 use serde_json::Value;
-
-/// Runs each named `async fn(Backend)` once per back end.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Embedded).await })*
-        }
-        mod real {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Real).await })*
-        }
-    };
-}
 
 on_both_backends!(
     sends_are_stored_in_order_and_listed_oldest_first,

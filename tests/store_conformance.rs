@@ -4,6 +4,7 @@
 //!
 //! `cargo test --test store_conformance` runs `embedded::<test>` and `real::<test>` for each.
 
+#[macro_use]
 mod common;
 
 use std::future::Future;
@@ -18,28 +19,6 @@ use mess_chat::model::{
     UserRecord,
 };
 use mess_chat::store::{Inserted, Store, StoreError};
-
-/// Emits, for each named `async fn name(backend: Backend)`, one `#[tokio::test]` per back end.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Embedded).await
-                }
-            )*
-        }
-        mod real {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Real).await
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     room_metadata_round_trips_exactly,

@@ -24,6 +24,22 @@ use tokio::net::TcpListener;
 const HOW_TO: &str = "run the suite with scripts/test.sh, which starts RabbitMQ and SecantusDB \
                       and exports their URLs";
 
+/// Runs each named `async fn(Backend)` once per back end, as `embedded::<name>` and
+/// `real::<name>` (multi-threaded runtimes, since most tests run a server beside the client).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $name() { super::$name($crate::common::Backend::Embedded).await })*
+        }
+        mod real {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $name() { super::$name($crate::common::Backend::Real).await })*
+        }
+    };
+}
+
 /// Shows the service's logs in test output when `RUST_LOG` is set.
 pub fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {
