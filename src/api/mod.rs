@@ -24,6 +24,12 @@ pub struct AppState {
     pub service: ChatService,
 }
 
+/// The log span of a request: method and path only. The query is left out because it can hold a
+/// token (`/live?token=`) or a message's text.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+}
+
 /// The whole HTTP application.
 pub fn app(service: ChatService) -> Router {
     Router::new()
@@ -38,6 +44,6 @@ pub fn app(service: ChatService) -> Router {
         .merge(web::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(AppState { service })
 }
