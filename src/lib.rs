@@ -5,6 +5,7 @@
 //! # Layout
 //! Dependencies point down only:
 //!
+//! - [`bench`]: `mess-chat bench`: broker and store baselines, then the service over HTTP.
 //! - [`api`]: axum handlers, thin shells over the service; one [`api::ApiError`] type.
 //! - [`service`]: [`service::ChatService`], the use cases; owns the room list and runs one
 //!   consumer per room (broker → store → cache → ack → sender).
@@ -23,6 +24,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -35,6 +35,8 @@ enum Command {
     Rooms(RoomsArgs),
     /// Print a room's messages as they arrive, until interrupted.
     Tail(TailArgs),
+    /// Measure the broker, the store and the service on top of them (see `bench --help`).
+    Bench(mess_chat::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -277,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tail(args) => tail(args).await,
+        Command::Bench(args) => Ok(mess_chat::bench::run(args).await?),
     }
 }
 

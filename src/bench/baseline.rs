@@ -46,7 +46,7 @@ pub struct Scratch {
     pub room: RoomName,
     /// The sender of the scratch messages.
     pub from: Alias,
-    /// Next sequence number for a stored message.
+    /// The last sequence number handed out.
     next_sequence: u64,
 }
 
@@ -63,11 +63,8 @@ impl Scratch {
 
     /// The broker body of one send, as the service publishes it.
     pub fn publish_body(&self) -> Result<Vec<u8>, BenchError> {
-        let props = MessageProperties::new_sent(
-            self.room.clone(),
-            self.from.clone(),
-            "bob".to_string(),
-        );
+        let props =
+            MessageProperties::new_sent(self.room.clone(), self.from.clone(), "bob".to_string());
         serde_json::to_vec(&ChatMessage::new(TEXT.to_string(), props))
             .map_err(|e| BenchError::Setup(e.to_string()))
     }
@@ -75,11 +72,8 @@ impl Scratch {
     /// A new numbered message, as a room's consumer stores it.
     pub fn stored_message(&mut self) -> ChatMessage {
         self.next_sequence += 1;
-        let mut props = MessageProperties::new_sent(
-            self.room.clone(),
-            self.from.clone(),
-            "bob".to_string(),
-        );
+        let mut props =
+            MessageProperties::new_sent(self.room.clone(), self.from.clone(), "bob".to_string());
         props.mess_type = MessageType::Received;
         props.rec_time = Some(now());
         props.sequence_number = Some(self.next_sequence);
@@ -212,5 +206,5 @@ fn insert_label(batch: usize) -> String {
 }
 
 fn rate(per_s: f64) -> String {
-    super::report::format_value(Some(per_s), super::report::Unit::PerSecond)
+    super::table::format_value(Some(per_s), super::report::Unit::PerSecond)
 }

@@ -26,6 +26,7 @@ pub const ACCEPTED: &str = "202 accepted (not stored within the service's wait)"
 
 /// A load generator for one running server.
 pub struct Load {
+    /// One client for every request, so that connections are pooled and kept alive.
     client: reqwest::Client,
     /// Base URL of the server, e.g. `http://127.0.0.1:40123`.
     base: String,
@@ -122,6 +123,25 @@ impl Load {
     /// Creates the pool's rooms (one send each, one at a time).
     pub async fn create_pool(&self) -> (u64, Errors) {
         self.send_each(self.sends.clone(), 1, || {}).await
+    }
+
+    /// Waits until every pool room has stored all it was sent: a send answered 200 was stored,
+    /// and so was everything sent to its room before it (a room's queue is FIFO). Sends one
+    /// probe per room, again and again until it is answered 200 or `limit` passed. Returns how
+    /// long that took and whether every room caught up.
+    pub async fn settle(&self, limit: Duration) -> (Duration, bool) {
+        let start = Instant::now();
+        let probes = self.sends.iter().map(|url| async move {
+            while start.elapsed() < limit {
+                if let Ok(true) = request(&self.client, url).await {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        });
+        let settled = futures_util::future::join_all(probes).await;
+        (start.elapsed(), settled.iter().all(|s| *s))
     }
 
     /// `concurrency` senders, each sending as soon as its last send was answered, spread over

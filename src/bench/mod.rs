@@ -2,12 +2,14 @@
 //! baselines) and the service on top of them over HTTP, on the embedded back ends, the real ones,
 //! or both, and prints each service figure beside its baseline and the target.
 //!
-//! - [`backend`]: one back end's run: set up, phases, clean up.
+//! - [`plan`]: what a run measures, for how long; [`ends`]: the back ends, opened and cleaned up.
+//! - [`backend`]: one back end's run: the phases and the rows they give.
 //! - [`baseline`]: the raw broker and store rates (the RabbitMQ and MongoDB loops themselves live
 //!   in `broker::rmq::baseline` and `store::mongo::baseline`).
 //! - [`load`]: the HTTP load: closed loop, open loop, history reads, room creation.
 //! - [`samples`]: percentiles and error tallies; [`rss`]: the process's resident memory.
-//! - [`report`]: rows, targets, the table and the JSON document; [`progress`]: stderr display.
+//! - [`report`]: rows, targets and the JSON document; [`table`]: the text table;
+//!   [`progress`]: the display on stderr.
 //!
 //! With `--backend both`, each back end runs in a child process of its own (this binary again,
 //! with `--backend X --json`), so that the memory figure of one is not inflated by the other;
@@ -15,15 +17,20 @@
 
 pub mod backend;
 pub mod baseline;
+pub mod ends;
 pub mod load;
+pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod rss;
 pub mod samples;
+pub mod table;
 
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use backend::{Backend, Plan};
+use plan::{Backend, Plan};
 use report::{Machine, Report};
 
 use crate::broker::BrokerError;
@@ -108,7 +115,7 @@ pub enum BenchError {
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let backends = args.backend.backends();
     if backends.contains(&Backend::Real) {
-        backend::real_urls()?;
+        ends::real_urls()?;
     }
     let plan = if args.quick {
         Plan::quick()
@@ -126,12 +133,20 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         report.backends.push(backend::run(only, &plan).await?);
     } else {
         // Ctrl-C reaches the children too; each cleans up and ends, then this process reports.
-        tokio::spawn(async {
-            while tokio::signal::ctrl_c().await.is_ok() {}
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::Relaxed);
+            }
         });
         for which in backends {
             match in_child(which, args.quick).await {
                 Ok(child) => report.backends.extend(child.backends),
+                Err(_) if interrupted.load(Ordering::Relaxed) => {
+                    failure = Some(BenchError::Interrupted);
+                    break;
+                }
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -140,11 +155,11 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         }
     }
     if args.json {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| BenchError::Setup(e.to_string()))?;
         println!("{json}");
     } else if !report.backends.is_empty() {
-        print!("{}", report::table(&report));
+        print!("{}", table::table(&report));
     }
     failure.map_or(Ok(()), Err)
 }
@@ -162,7 +177,8 @@ async fn in_child(which: Backend, quick: bool) -> Result<Report, BenchError> {
     if quick {
         command.arg("--quick");
     }
-    let output = command.output().await?;
+    // Not `output()`: it would capture stderr, where the child shows its progress.
+    let output = command.spawn()?.wait_with_output().await?;
     let failed = |status: String| BenchError::Child {
         backend: which.name(),
         status,
@@ -170,8 +186,7 @@ async fn in_child(which: Backend, quick: bool) -> Result<Report, BenchError> {
     if !output.status.success() {
         return Err(failed(output.status.to_string()));
     }
-    serde_json::from_slice(&output.stdout)
-        .map_err(|e| failed(format!("unreadable report: {e}")))
+    serde_json::from_slice(&output.stdout).map_err(|e| failed(format!("unreadable report: {e}")))
 }
 
 /// The machine this runs on, from `/proc` where there is one.

@@ -1,6 +1,6 @@
 //! The bench's progress display on stderr: one indicatif bar per phase on a terminal (filling
-//! with time for timed phases, with the count for counted ones), plain lines otherwise, so a log
-//! file reads well too. The results table goes to stdout, untouched by this.
+//! with time for timed phases, with the count for counted ones), else one plain line per finished
+//! phase, so that a log file reads well too. The results table goes to stdout, untouched by this.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -22,11 +22,15 @@ pub struct Progress {
 
 /// One phase in progress; [`Phase::finish`] prints its outcome.
 pub struct Phase {
+    /// What the phase does, repeated in its final line.
     label: String,
+    /// The back end, shown before each plain line.
     prefix: String,
+    /// The bar on a terminal; `None` for plain lines.
     bar: Option<ProgressBar>,
     /// Moves a timed phase's bar along with the clock.
     ticker: Option<JoinHandle<()>>,
+    /// When the phase began, for its final line.
     started: Instant,
 }
 
@@ -77,9 +81,6 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        if bar.is_none() {
-            eprintln!("{:>9} {label} ...", self.prefix);
-        }
         Phase {
             label,
             prefix: self.prefix.clone(),

@@ -6,6 +6,8 @@
 //! shared by every sender, so confirms are pipelined; declares use a second channel; every consumer
 //! gets a channel of its own with a prefetch window, and closing it requeues what it had not acked.
 
+pub mod baseline;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -8,6 +8,8 @@
 //! `_users` collection, one document per registered alias. Room names cannot start with `_`, so
 //! no room can collide with these.
 
+pub mod baseline;
+
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -88,13 +88,7 @@ async fn publish_for(
             confirmed += 1;
         }
         let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                options,
-                body,
-                properties.clone(),
-            )
+            .basic_publish("".into(), queue.into(), options, body, properties.clone())
             .await
             .map_err(unavailable)?;
         in_flight.push(tokio::time::timeout(CONFIRM_TIMEOUT, confirm));
