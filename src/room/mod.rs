@@ -10,7 +10,7 @@ mod list;
 mod retrieve;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, oneshot};
@@ -85,8 +85,9 @@ struct Inner {
     store: Arc<dyn Store>,
     /// Everything that changes. A std mutex: held for short sync sections, never across `.await`.
     state: Mutex<State>,
-    /// Stored messages, in order, for live subscribers.
-    live: broadcast::Sender<ChatMessage>,
+    /// Stored messages, in order, for live subscribers; made by the first subscriber, so a room
+    /// nobody watches costs nothing (a channel preallocates its whole buffer).
+    live: OnceLock<broadcast::Sender<ChatMessage>>,
 }
 
 struct State {
@@ -139,7 +140,7 @@ impl ChatRoom {
                 broker,
                 store,
                 state: Mutex::new(state),
-                live: broadcast::channel(LIVE_BUFFER).0,
+                live: OnceLock::new(),
             }),
         }
     }
@@ -477,7 +478,18 @@ impl ChatRoom {
     /// falls more than [`LIVE_BUFFER`] messages behind gets `Lagged` and should catch up from the
     /// store.
     pub fn subscribe(&self) -> broadcast::Receiver<ChatMessage> {
-        self.inner.live.subscribe()
+        self.inner
+            .live
+            .get_or_init(|| broadcast::channel(LIVE_BUFFER).0)
+            .subscribe()
+    }
+
+    /// Hands a stored message to the live subscribers, if any.
+    fn publish_live(&self, message: &ChatMessage) {
+        if let Some(live) = self.inner.live.get() {
+            // No receiver left is fine.
+            let _ = live.send(message.clone());
+        }
     }
 
     /// Up to `limit` stored messages numbered below `before`, oldest first.

@@ -157,8 +157,7 @@ impl ChatRoom {
             metrics::histogram!(m::SEND_TO_STORED_SECONDS)
                 .record(waited.num_microseconds().unwrap_or(0) as f64 / 1e6);
             self.put(message.clone());
-            // Nobody listening is fine.
-            let _ = self.inner.live.send(message.clone());
+            self.publish_live(message);
         }
         metrics::counter!(m::STORE_WRITES).increment(fresh.len() as u64);
         metrics::counter!(m::REDELIVERIES).increment((outcome.len() - fresh.len()) as u64);
