@@ -120,10 +120,11 @@ ensure_mongo() {
         : >"$SERVICES_DIR/secantusd.toml"
         log "secantusdb: starting on 127.0.0.1:$MONGO_PORT (data $MONGO_DATA, log $MONGO_LOG)"
         rm -f "$MONGO_PID"
-        # The inner shell writes its own pid, closes every descriptor it inherited beyond
-        # stdio (a daemon holding a caller's pipe open makes that caller wait forever), then
-        # execs (same pid) the daemon.
-        (cd "$SERVICES_DIR" && setsid bash -c '
+        # `setsid --fork` returns at once, leaving no process of ours waiting on the daemon. The
+        # inner shell writes its own pid, closes every descriptor it inherited beyond stdio (a
+        # process holding a caller's pipe open makes that caller wait forever), then execs (same
+        # pid) the daemon.
+        (cd "$SERVICES_DIR" && setsid --fork bash -c '
             echo $$ >"$0"
             for fd in /proc/$$/fd/*; do
                 fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"
@@ -131,7 +132,7 @@ ensure_mongo() {
             exec nohup "$@"' "$MONGO_PID" \
             "$VENV/bin/secantusd-py" --config "$SERVICES_DIR/secantusd.toml" \
             --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$MONGO_DATA" \
-            --log-level WARNING >>"$MONGO_LOG" 2>&1 </dev/null &)
+            --log-level WARNING >>"$MONGO_LOG" 2>&1 </dev/null)
     fi
     local started=$SECONDS deadline=$((SECONDS + WAIT_SECS))
     until port_open "$MONGO_PORT" && mongo_ping; do

@@ -287,7 +287,7 @@ impl Store for FlakyStore {
         &self,
         room: &RoomName,
         messages: &[ChatMessage],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<usize>, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected outage".into()));
         }

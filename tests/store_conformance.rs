@@ -33,7 +33,7 @@ on_both_backends!(
     awkward_text_and_millisecond_times_round_trip_exactly,
     rooms_are_isolated_from_each_other,
     messages_after_pages_forwards_without_gap_or_duplicate,
-    a_batch_insert_skips_stored_ids_and_lookups_find_them,
+    a_batch_insert_stops_at_the_first_stored_id,
     unnumbered_messages_are_refused,
     search_matches_substrings_without_ascii_case_newest_first,
     users_register_once_and_load_back,
@@ -438,41 +438,44 @@ async fn messages_after_pages_forwards_without_gap_or_duplicate(backend: Backend
     .await
 }
 
-async fn a_batch_insert_skips_stored_ids_and_lookups_find_them(backend: Backend) {
+async fn a_batch_insert_stops_at_the_first_stored_id(backend: Backend) {
     with_store(backend, |store| async move {
         let room = common::room("batch");
         let first = insert_range(store.as_ref(), &room, 1, 2).await;
-        // A retried batch: ids 1 and 2 are stored already (here with other numbers, which must
-        // not win), 3 and 4 are new.
-        let mut retried: Vec<ChatMessage> = first
-            .iter()
-            .map(|m| {
-                let mut again = m.clone();
-                again.mess_props.sequence_number = Some(90 + m.mess_props.sequence_number.unwrap());
-                again
-            })
-            .collect();
-        retried.push(received(&room, 3, "three"));
-        retried.push(received(&room, 4, "four"));
-        store.insert_messages(&room, &retried).await.expect("batch");
-        store
-            .insert_messages(&room, &retried)
-            .await
-            .expect("the same batch again");
+        // A batch led by an id stored already (here under another number, which must not win):
+        // nothing of it is written, and the store says where it stopped.
+        let mut retried = first[0].clone();
+        retried.mess_props.sequence_number = Some(91);
+        let (three, four) = (received(&room, 3, "three"), received(&room, 4, "four"));
+        let batch = [retried.clone(), three.clone(), four.clone()];
+        assert_eq!(store.insert_messages(&room, &batch).await.unwrap(), Some(0));
+        assert_eq!(store.last_sequence(&room).await.unwrap(), 2);
+        // A stored id in the middle: the prefix before it is written, nothing after it.
+        let (five, six) = (
+            received(&room, 3, "five as 3"),
+            received(&room, 4, "six as 4"),
+        );
+        let batch = [five, first[1].clone(), six];
+        assert_eq!(store.insert_messages(&room, &batch).await.unwrap(), Some(1));
         let all = store.latest_messages(&room, 100).await.unwrap();
-        assert_eq!(sequences(&all), [1, 2, 3, 4]);
-        let ids: Vec<_> = retried.iter().map(|m| m.mess_props.id).collect();
+        assert_eq!(sequences(&all), [1, 2, 3]);
+        assert_eq!(all[2].message, "five as 3");
+        // A clean batch is written whole, and then counts as stored.
+        assert_eq!(
+            store.insert_messages(&room, &[four.clone()]).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.insert_messages(&room, &[four.clone()]).await.unwrap(),
+            Some(0)
+        );
+        let ids: Vec<_> = [&first[0], &first[1], &four, &three]
+            .iter()
+            .map(|m| m.mess_props.id)
+            .collect();
         let mut found = store.existing_messages(&room, &ids).await.unwrap();
         found.sort_by_key(|m| m.mess_props.sequence_number);
-        assert_eq!(sequences(&found), [1, 2, 3, 4]);
-        let unknown = received(&room, 5, "never stored");
-        assert!(
-            store
-                .existing_messages(&room, &[unknown.mess_props.id])
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(sequences(&found), [1, 2, 4], "three was never written");
         assert!(
             store
                 .existing_messages(&room, &[])
@@ -480,6 +483,7 @@ async fn a_batch_insert_skips_stored_ids_and_lookups_find_them(backend: Backend)
                 .unwrap()
                 .is_empty()
         );
+        assert_eq!(store.insert_messages(&room, &[]).await.unwrap(), None);
     })
     .await
 }

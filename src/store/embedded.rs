@@ -229,7 +229,7 @@ impl Store for EmbeddedStore {
         &self,
         room: &RoomName,
         messages: &[ChatMessage],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<usize>, StoreError> {
         super::check_numbered(messages)?;
         let room = room.clone();
         let rows = messages
@@ -242,18 +242,21 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| {
             let name = room.as_str();
             let txn = redb!(db.begin_write());
+            let mut stopped = None;
             {
                 let mut ids = redb!(txn.open_table(MESSAGE_IDS));
                 let mut table = redb!(txn.open_table(MESSAGES));
-                for (id, seq, bytes) in &rows {
-                    if redb!(ids.get((name, *id))).is_none() {
-                        redb!(ids.insert((name, *id), *seq));
-                        redb!(table.insert((name, *seq), bytes.as_slice()));
+                for (index, (id, seq, bytes)) in rows.iter().enumerate() {
+                    if redb!(ids.get((name, *id))).is_some() {
+                        stopped = Some(index);
+                        break;
                     }
+                    redb!(ids.insert((name, *id), *seq));
+                    redb!(table.insert((name, *seq), bytes.as_slice()));
                 }
             }
             redb!(txn.commit());
-            Ok(())
+            Ok(stopped)
         })
         .await
     }

@@ -85,14 +85,15 @@ pub trait Store: Send + Sync + 'static {
         ids: &[Uuid],
     ) -> Result<Vec<ChatMessage>, StoreError>;
 
-    /// Stores a batch of new messages of one room, in order, in as few writes as the back end
-    /// allows. Ids already stored are skipped, so a retried batch stores nothing twice; a failed
-    /// write leaves at most a prefix of the batch stored, so a retry completes it without gaps.
+    /// Stores a batch of numbered messages of one room, in order, in as few writes as the back
+    /// end allows, and stops at the first message whose id is already stored: `None` when all
+    /// were stored, `Some(i)` when `messages[i]` was found stored (those before it are stored,
+    /// none after it were written). A failed write leaves at most a prefix stored.
     async fn insert_messages(
         &self,
         room: &RoomName,
         messages: &[ChatMessage],
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<usize>, StoreError>;
 
     /// The room's `limit` messages with the highest sequence numbers, oldest first.
     async fn latest_messages(

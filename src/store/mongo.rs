@@ -399,26 +399,21 @@ impl Store for MongoStore {
         &self,
         room: &RoomName,
         messages: &[ChatMessage],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<usize>, StoreError> {
         super::check_numbered(messages)?;
         if messages.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.ensure_indexes(room).await?;
-        // Ordered, so that a failure leaves a stored prefix (never a gap in the numbering); an id
-        // already stored is skipped and the rest of the batch written on.
-        let mut rest = messages;
-        while !rest.is_empty() {
-            let docs = rest.iter().map(message_to_doc);
-            match self.room(room).insert_many(docs).ordered(true).await {
-                Ok(_) => return Ok(()),
-                Err(e) => match first_duplicate(&e) {
-                    Some(index) => rest = &rest[index + 1..],
-                    None => return Err(e.into()),
-                },
-            }
+        // Ordered: the server stops at the first failure, so what is stored is always a prefix.
+        let docs = messages.iter().map(message_to_doc);
+        match self.room(room).insert_many(docs).ordered(true).await {
+            Ok(_) => Ok(None),
+            Err(e) => match first_duplicate(&e) {
+                Some(index) => Ok(Some(index)),
+                None => Err(e.into()),
+            },
         }
-        Ok(())
     }
 
     async fn latest_messages(
