@@ -462,11 +462,17 @@ async fn a_batch_insert_stops_at_the_first_stored_id(backend: Backend) {
         assert_eq!(all[2].message, "five as 3");
         // A clean batch is written whole, and then counts as stored.
         assert_eq!(
-            store.insert_messages(&room, &[four.clone()]).await.unwrap(),
+            store
+                .insert_messages(&room, std::slice::from_ref(&four))
+                .await
+                .unwrap(),
             None
         );
         assert_eq!(
-            store.insert_messages(&room, &[four.clone()]).await.unwrap(),
+            store
+                .insert_messages(&room, std::slice::from_ref(&four))
+                .await
+                .unwrap(),
             Some(0)
         );
         let ids: Vec<_> = [&first[0], &first[1], &four, &three]
