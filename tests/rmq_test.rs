@@ -486,3 +486,47 @@ async fn redelivered_message_is_stored_once_with_its_first_number() {
     service.shutdown().await;
     env.cleanup(&[(r, true)], &[ann]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_queue_deleted_behind_the_service_is_declared_again() {
+    let t = TestServer::start(Backend::Real).await;
+    let r = room("healing");
+    let (ann, bob) = (alias("ann"), alias("bob"));
+    let send = |text: &str| SendParams {
+        room_name: r.to_string(),
+        message: text.into(),
+        from_alias: ann.to_string(),
+        to_alias: Some(bob.to_string()),
+        group_room: Some(false),
+        idempotency_key: None,
+    };
+    t.client.send(&send("before")).await.unwrap();
+    let conn = observer().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_delete(r.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    // Until the consumer notices (the broker cancels it) and declares the queue again, a send
+    // is refused as unavailable (never a 500); then sends go through and are stored.
+    let mut i = 0;
+    eventually("sends succeed again", async || {
+        i += 1;
+        match t.client.send(&send(&format!("after-{i}"))).await {
+            Ok(sent) => sent.status == "stored",
+            Err(mess_chat::client::ClientError::Status { status, .. }) => {
+                assert_eq!(
+                    status, 503,
+                    "an unroutable send is unavailable, not a server fault"
+                );
+                false
+            }
+            Err(e) => panic!("{e}"),
+        }
+    })
+    .await;
+    let stored = t.client.messages(r.as_str(), None).await.unwrap();
+    assert_eq!(stored.first().map(String::as_str), Some("before"));
+    assert!(stored.last().unwrap().starts_with("after-"));
+    t.cleanup().await;
+}

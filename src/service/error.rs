@@ -73,9 +73,10 @@ impl From<BrokerError> for ChatError {
             BrokerError::Unavailable(_) | BrokerError::Nacked => {
                 ChatError::Unavailable(e.to_string())
             }
-            BrokerError::Unroutable(_) | BrokerError::Refused(_) => {
-                ChatError::Internal(e.to_string())
-            }
+            // The room's queue is missing on the broker (deleted behind the service's back): its
+            // consumer declares it again when it resubscribes, so a retry can succeed.
+            BrokerError::Unroutable(_) => ChatError::Unavailable(e.to_string()),
+            BrokerError::Refused(_) => ChatError::Internal(e.to_string()),
         }
     }
 }
