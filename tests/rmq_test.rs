@@ -356,8 +356,8 @@ fn group_request(r: &RoomName, from: &Alias, text: &str) -> SendRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumer_acks_only_after_the_store_write() {
+/// A service on the real broker over a real store whose message writes fail until told not to.
+async fn service_on_a_failing_store() -> (Env, Arc<FlakyStore>, ChatService) {
     let env = Env::new(Backend::Real);
     let store = Arc::new(FlakyStore {
         inner: env.store().await,
@@ -366,6 +366,12 @@ async fn consumer_acks_only_after_the_store_write() {
     let service = ChatService::start(env.broker.clone(), store.clone(), quick_config())
         .await
         .unwrap();
+    (env, store, service)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_acks_only_after_the_store_write() {
+    let (env, store, service) = service_on_a_failing_store().await;
     let (r, ann) = (room("ackafter"), alias("ann"));
     let outcome = service
         .send(group_request(&r, &ann, "wait for me"))
@@ -406,14 +412,7 @@ async fn consumer_acks_only_after_the_store_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unstored_message_survives_a_service_stop_and_is_stored_once() {
-    let env = Env::new(Backend::Real);
-    let store = Arc::new(FlakyStore {
-        inner: env.store().await,
-        failing: AtomicBool::new(true),
-    });
-    let service = ChatService::start(env.broker.clone(), store.clone(), quick_config())
-        .await
-        .unwrap();
+    let (env, _failing_store, service) = service_on_a_failing_store().await;
     let (r, ann) = (room("survive"), alias("ann"));
     service
         .send(group_request(&r, &ann, "still here"))
