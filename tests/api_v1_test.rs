@@ -8,7 +8,6 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Backend, TestServer, room, unique};
-use mess_chat::service::ServiceConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -22,15 +21,6 @@ on_both_backends!(
     openapi_description_lists_every_endpoint,
     bad_bodies_and_paths_get_a_4xx_with_a_json_error,
 );
-
-async fn server(backend: Backend) -> TestServer {
-    let config = ServiceConfig {
-        require_auth: true,
-        cache_capacity: 5,
-        ..ServiceConfig::default()
-    };
-    TestServer::start_with(backend, config).await
-}
 
 /// One HTTP call: method, path, optional token, optional JSON body → status and JSON body.
 async fn call(
@@ -79,7 +69,7 @@ fn code(body: &Value) -> &str {
 }
 
 async fn registration_returns_a_token_that_identifies_the_alias(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let (ann, token) = register(&t, "ann").await;
     assert!(token.starts_with(&format!("{ann}.")));
     let (status, body) = call(
@@ -114,7 +104,7 @@ async fn registration_returns_a_token_that_identifies_the_alias(backend: Backend
 }
 
 async fn rooms_are_created_listed_shown_and_deleted_by_their_owner(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let (ann, ann_t) = register(&t, "ann").await;
     let (bob, bob_t) = register(&t, "bob").await;
     let (group, dm) = (room("grp"), room("dm"));
@@ -184,7 +174,7 @@ async fn rooms_are_created_listed_shown_and_deleted_by_their_owner(backend: Back
 }
 
 async fn members_join_leave_and_only_members_read_or_post(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let (ann, ann_t) = register(&t, "ann").await;
     let (bob, bob_t) = register(&t, "bob").await;
     let (_, eve_t) = register(&t, "eve").await;
@@ -270,7 +260,7 @@ async fn members_join_leave_and_only_members_read_or_post(backend: Backend) {
 }
 
 async fn pages_by_sequence_number_meet_without_gap_or_overlap(backend: Backend) {
-    let mut t = server(backend).await;
+    let mut t = TestServer::start_authenticated(backend).await;
     let (_, ann_t) = register(&t, "ann").await;
     let r = room("pages");
     call(
@@ -366,7 +356,7 @@ async fn pages_by_sequence_number_meet_without_gap_or_overlap(backend: Backend) 
 }
 
 async fn search_finds_substrings_and_exact_texts(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let (_, ann_t) = register(&t, "ann").await;
     let r = room("find");
     call(
@@ -444,7 +434,7 @@ async fn search_finds_substrings_and_exact_texts(backend: Backend) {
 }
 
 async fn seed_endpoints_require_the_senders_own_token_when_auth_is_on(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let (ann, ann_t) = register(&t, "ann").await;
     let (_, bob_t) = register(&t, "bob").await;
     let r = room("seedauth");
@@ -464,7 +454,7 @@ async fn seed_endpoints_require_the_senders_own_token_when_auth_is_on(backend: B
 }
 
 async fn openapi_description_lists_every_endpoint(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let (status, doc) = call(&t, Method::GET, "/api/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -490,7 +480,7 @@ async fn openapi_description_lists_every_endpoint(backend: Backend) {
 }
 
 async fn bad_bodies_and_paths_get_a_4xx_with_a_json_error(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let (_, ann_t) = register(&t, "ann").await;
     let r = room("strict");
     call(

@@ -13,7 +13,6 @@ use common::{Backend, TestServer, room, unique};
 use futures_util::{SinkExt, StreamExt};
 use mess_chat::client::Client;
 use mess_chat::server::Server;
-use mess_chat::service::ServiceConfig;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,15 +36,6 @@ const WAIT: Duration = Duration::from_secs(15);
 const QUIET: Duration = Duration::from_millis(300);
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn server(backend: Backend) -> TestServer {
-    let config = ServiceConfig {
-        require_auth: true,
-        cache_capacity: 5,
-        ..ServiceConfig::default()
-    };
-    TestServer::start_with(backend, config).await
-}
 
 /// A group room of ann's that bob joined.
 struct Room {
@@ -183,7 +173,7 @@ fn texts(prefix: &str, numbers: std::ops::RangeInclusive<u64>) -> Vec<String> {
 }
 
 async fn a_member_gets_each_new_message_once_in_order(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let r = room_of_two(&t).await;
     post(&r.ann.client, &r.name, texts("old", 1..=2)).await;
     let mut socket = connect(&t, &r.name, Token::Header(&r.bob.token), None)
@@ -228,7 +218,7 @@ async fn a_member_gets_each_new_message_once_in_order(backend: Backend) {
 }
 
 async fn reconnecting_with_after_resumes_without_gap_or_duplicate(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let r = room_of_two(&t).await;
     post(&r.ann.client, &r.name, texts("m", 1..=10)).await;
     let mut socket = connect(&t, &r.name, Token::Query(&r.bob.token), Some(0))
@@ -272,7 +262,7 @@ async fn a_socket_opened_during_a_burst_sees_a_contiguous_sequence(backend: Back
     const POSTERS: u64 = 3;
     const EACH: u64 = 20;
     let total = POSTERS * EACH;
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let r = room_of_two(&t).await;
     let mut posters = Vec::new();
     for p in 0..POSTERS {
@@ -310,7 +300,7 @@ async fn a_socket_opened_during_a_burst_sees_a_contiguous_sequence(backend: Back
 }
 
 async fn refusals_come_as_json_errors_before_the_upgrade(backend: Backend) {
-    let t = server(backend).await;
+    let t = TestServer::start_authenticated(backend).await;
     let r = room_of_two(&t).await;
     let eve_token = member(&t, "eve").await.token;
     post(&r.ann.client, &r.name, texts("m", 1..=2)).await;
@@ -382,7 +372,7 @@ async fn refusals_come_as_json_errors_before_the_upgrade(backend: Backend) {
 }
 
 async fn sockets_close_when_the_room_is_deleted_or_the_server_stops(backend: Backend) {
-    let mut t = server(backend).await;
+    let mut t = TestServer::start_authenticated(backend).await;
     let r = room_of_two(&t).await;
     let other = room("other").to_string();
     r.ann.client.create_room(&other, None).await.unwrap();
@@ -411,7 +401,7 @@ async fn sockets_close_when_the_room_is_deleted_or_the_server_stops(backend: Bac
 }
 
 async fn cli_registers_lists_rooms_and_tails_live_messages(backend: Backend) {
-    let mut t = server(backend).await;
+    let mut t = TestServer::start_authenticated(backend).await;
     let base = t.url("");
     let cli = |args: &[&str]| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mess-chat"));

@@ -4,29 +4,13 @@ use super::{ChatError, ChatService, MAX_HISTORY_LIMIT};
 use crate::model::{ChatMessage, RoomName};
 
 impl ChatService {
-    /// The room's newest `limit` messages, oldest first: from the cache, and from the store for
-    /// whatever the cache no longer holds.
+    /// The room's newest `limit` messages, oldest first (the newest page of [`Self::page`]).
     pub async fn history(
         &self,
         name: &RoomName,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, ChatError> {
-        check_limit(limit)?;
-        let room = self.room(name)?;
-        let mut cached = room.cached();
-        if cached.len() >= limit {
-            return Ok(cached.split_off(cached.len() - limit));
-        }
-        let oldest = cached
-            .first()
-            .and_then(|m| m.mess_props.sequence_number)
-            .unwrap_or(room.last_sequence() + 1);
-        if oldest <= 1 {
-            return Ok(cached);
-        }
-        let mut older = room.messages_before(oldest, limit - cached.len()).await?;
-        older.extend(cached);
-        Ok(older)
+        Ok(self.page(name, None, None, limit).await?.messages)
     }
 }
 

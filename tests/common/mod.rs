@@ -163,6 +163,17 @@ impl TestServer {
         Self::start_with(backend, ServiceConfig::default()).await
     }
 
+    /// A server with authentication on and a cache of 5 messages per room (so that reads cross
+    /// from the cache into the store early).
+    pub async fn start_authenticated(backend: Backend) -> Self {
+        let config = ServiceConfig {
+            require_auth: true,
+            cache_capacity: 5,
+            ..ServiceConfig::default()
+        };
+        Self::start_with(backend, config).await
+    }
+
     pub async fn start_with(backend: Backend, config: ServiceConfig) -> Self {
         let env = Env::new(backend);
         let server = Self::spawn(&env, config.clone()).await;
