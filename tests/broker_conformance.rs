@@ -24,8 +24,10 @@ on_both_backends!(
     messages_come_out_in_publish_order,
     an_unacked_delivery_is_redelivered_after_its_consumer_goes,
     a_rejected_delivery_is_dropped_without_redelivery,
-    a_group_publish_reaches_the_room_queue_and_every_member_inbox,
+    a_send_reaches_the_room_queue_and_a_fan_out_every_member_inbox,
     an_unbound_member_no_longer_receives_group_messages,
+    a_send_to_a_group_room_whose_queue_is_gone_is_unroutable,
+    cluster_events_reach_every_subscriber,
     publishing_to_an_undeclared_private_room_is_unroutable,
     consuming_a_deleted_room_fails,
     only_one_consumer_of_a_room_queue_is_active,
@@ -123,10 +125,7 @@ async fn an_acked_message_is_gone_for_the_next_consumer(backend: Backend) {
             broker.declare_room(&room, false).await.expect("declare");
             // Not JSON, not UTF-8: the broker carries bytes as they are.
             let body = b"hello \x00\xff\xfe \xc3\xa9".to_vec();
-            broker
-                .publish(&room, false, body.clone())
-                .await
-                .expect("publish");
+            broker.publish(&room, body.clone()).await.expect("publish");
 
             let mut first = broker.consume(&room).await.expect("consume");
             let delivery = next_delivery(&mut first).await;
@@ -138,7 +137,7 @@ async fn an_acked_message_is_gone_for_the_next_consumer(backend: Backend) {
             // A marker published after the ack must be the next consumer's first delivery: were the
             // acked message still queued, it would come first.
             broker
-                .publish(&room, false, MARKER.to_vec())
+                .publish(&room, MARKER.to_vec())
                 .await
                 .expect("publish marker");
             let mut second = broker.consume(&room).await.expect("consume again");
@@ -161,10 +160,7 @@ async fn messages_come_out_in_publish_order(backend: Backend) {
                 .map(|i| format!("message {i}").into_bytes())
                 .collect();
             for body in &bodies {
-                broker
-                    .publish(&room, false, body.clone())
-                    .await
-                    .expect("publish");
+                broker.publish(&room, body.clone()).await.expect("publish");
             }
 
             let mut stream = broker.consume(&room).await.expect("consume");
@@ -190,7 +186,7 @@ async fn an_unacked_delivery_is_redelivered_after_its_consumer_goes(backend: Bac
         |broker| async move {
             broker.declare_room(&room, false).await.expect("declare");
             broker
-                .publish(&room, false, b"keep me".to_vec())
+                .publish(&room, b"keep me".to_vec())
                 .await
                 .expect("publish");
 
@@ -223,14 +219,14 @@ async fn only_one_consumer_of_a_room_queue_is_active(backend: Backend) {
             let mut active = broker.consume(&room).await.expect("consume");
             let one = {
                 broker
-                    .publish(&room, false, b"one".to_vec())
+                    .publish(&room, b"one".to_vec())
                     .await
                     .expect("publish");
                 expect_body(&mut active, b"one").await
             };
             let mut standby = broker.consume(&room).await.expect("second consumer");
             broker
-                .publish(&room, false, b"two".to_vec())
+                .publish(&room, b"two".to_vec())
                 .await
                 .expect("publish");
             assert_quiet(&mut standby, "a standby consumer while the first is active").await;
@@ -256,7 +252,7 @@ async fn a_rejected_delivery_is_dropped_without_redelivery(backend: Backend) {
         |broker| async move {
             broker.declare_room(&room, false).await.expect("declare");
             broker
-                .publish(&room, false, b"poison".to_vec())
+                .publish(&room, b"poison".to_vec())
                 .await
                 .expect("publish");
 
@@ -268,7 +264,7 @@ async fn a_rejected_delivery_is_dropped_without_redelivery(backend: Backend) {
             drop(first);
 
             broker
-                .publish(&room, false, MARKER.to_vec())
+                .publish(&room, MARKER.to_vec())
                 .await
                 .expect("publish marker");
             let mut second = broker.consume(&room).await.expect("consume again");
@@ -279,7 +275,7 @@ async fn a_rejected_delivery_is_dropped_without_redelivery(backend: Backend) {
     .await
 }
 
-async fn a_group_publish_reaches_the_room_queue_and_every_member_inbox(backend: Backend) {
+async fn a_send_reaches_the_room_queue_and_a_fan_out_every_member_inbox(backend: Backend) {
     let room = common::room("group");
     let (a, b) = (common::alias("ann"), common::alias("bob"));
     let aliases = [a.clone(), b.clone()];
@@ -299,15 +295,22 @@ async fn a_group_publish_reaches_the_room_queue_and_every_member_inbox(backend: 
             broker.bind_member(&room, &a).await.expect("bind a again");
 
             broker
-                .publish(&room, true, b"to everyone".to_vec())
+                .publish(&room, b"sent".to_vec())
                 .await
                 .expect("publish");
+            broker
+                .fan_out(&room, vec![b"stored 1".to_vec(), b"stored 2".to_vec()])
+                .await
+                .expect("fan out");
 
+            let mut room_queue = broker.consume(&room).await.expect("consume room");
+            expect_fresh(&mut room_queue, b"sent").await;
+            assert_quiet(
+                &mut room_queue,
+                "room queue (fan-out copies are for inboxes)",
+            )
+            .await;
             for (what, mut stream) in [
-                (
-                    "room queue",
-                    broker.consume(&room).await.expect("consume room"),
-                ),
                 (
                     "inbox a",
                     broker.consume_inbox(&a).await.expect("consume a"),
@@ -317,11 +320,90 @@ async fn a_group_publish_reaches_the_room_queue_and_every_member_inbox(backend: 
                     broker.consume_inbox(&b).await.expect("consume b"),
                 ),
             ] {
-                expect_fresh(&mut stream, b"to everyone").await;
+                expect_fresh(&mut stream, b"stored 1").await;
+                expect_fresh(&mut stream, b"stored 2").await;
                 assert_quiet(&mut stream, what).await;
             }
         },
     )
+    .await
+}
+
+async fn a_send_to_a_group_room_whose_queue_is_gone_is_unroutable(backend: Backend) {
+    let room = common::room("noqueue");
+    let a = common::alias("ann");
+    let aliases = [a.clone()];
+    with_broker(
+        backend,
+        &[(room.clone(), true)],
+        &aliases,
+        |broker| async move {
+            broker.declare_room(&room, true).await.expect("declare");
+            broker.bind_member(&room, &a).await.expect("bind a");
+            // Only the room's queue goes (the exchange and the member's inbox stay): a send must
+            // not be confirmed just because some other queue could take a copy.
+            broker
+                .delete_room(&room, false)
+                .await
+                .expect("delete the queue");
+            match broker.publish(&room, b"lost?".to_vec()).await {
+                Err(BrokerError::Unroutable(name)) => assert_eq!(name, room.as_str()),
+                other => panic!("expected Unroutable, got {other:?}"),
+            }
+            let mut inbox = broker.consume_inbox(&a).await.expect("consume a");
+            assert_quiet(&mut inbox, "the inbox of a member").await;
+            // Declared again, the room takes sends again.
+            broker
+                .declare_room(&room, true)
+                .await
+                .expect("declare again");
+            broker
+                .publish(&room, b"found".to_vec())
+                .await
+                .expect("publish after declaring");
+            let mut room_queue = broker.consume(&room).await.expect("consume room");
+            expect_fresh(&mut room_queue, b"found").await;
+        },
+    )
+    .await
+}
+
+async fn cluster_events_reach_every_subscriber(backend: Backend) {
+    with_broker(backend, &[], &[], |broker| async move {
+        let mut one = broker.subscribe_events().await.expect("subscribe one");
+        let mut two = broker.subscribe_events().await.expect("subscribe two");
+        // Events of other tests may pass through; look for ours.
+        let ours = format!("event {}", common::unique("e")).into_bytes();
+        broker.publish_event(ours.clone()).await.expect("publish");
+        for stream in [&mut one, &mut two] {
+            let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+            loop {
+                let delivery = timeout(deadline - tokio::time::Instant::now(), stream.next())
+                    .await
+                    .expect("our event in time")
+                    .expect("open")
+                    .expect("no error");
+                if delivery.body == ours {
+                    break;
+                }
+            }
+        }
+        // A subscription that ends leaves nothing behind; the other goes on.
+        drop(one);
+        let later = format!("event {}", common::unique("e")).into_bytes();
+        broker.publish_event(later.clone()).await.expect("publish");
+        let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+        loop {
+            let delivery = timeout(deadline - tokio::time::Instant::now(), two.next())
+                .await
+                .expect("the later event in time")
+                .expect("open")
+                .expect("no error");
+            if delivery.body == later {
+                break;
+            }
+        }
+    })
     .await
 }
 
@@ -337,26 +419,23 @@ async fn an_unbound_member_no_longer_receives_group_messages(backend: Backend) {
             broker.declare_room(&room, true).await.expect("declare");
             broker.bind_member(&room, &a).await.expect("bind a");
             broker.bind_member(&room, &b).await.expect("bind b");
-            let mut room_queue = broker.consume(&room).await.expect("consume room");
             let mut inbox_a = broker.consume_inbox(&a).await.expect("consume a");
             let mut inbox_b = broker.consume_inbox(&b).await.expect("consume b");
 
             broker
-                .publish(&room, true, b"before".to_vec())
+                .fan_out(&room, vec![b"before".to_vec()])
                 .await
-                .expect("publish");
-            for stream in [&mut room_queue, &mut inbox_a, &mut inbox_b] {
+                .expect("fan out");
+            for stream in [&mut inbox_a, &mut inbox_b] {
                 expect_fresh(stream, b"before").await;
             }
 
             broker.unbind_member(&room, &b).await.expect("unbind b");
             broker
-                .publish(&room, true, b"after".to_vec())
+                .fan_out(&room, vec![b"after".to_vec()])
                 .await
-                .expect("publish");
-            for stream in [&mut room_queue, &mut inbox_a] {
-                expect_fresh(stream, b"after").await;
-            }
+                .expect("fan out");
+            expect_fresh(&mut inbox_a, b"after").await;
             assert_quiet(&mut inbox_b, "inbox of the unbound member").await;
         },
     )
@@ -370,14 +449,14 @@ async fn publishing_to_an_undeclared_private_room_is_unroutable(backend: Backend
         &[(room.clone(), false)],
         &[],
         |broker| async move {
-            match broker.publish(&room, false, b"lost".to_vec()).await {
+            match broker.publish(&room, b"lost".to_vec()).await {
                 Err(BrokerError::Unroutable(name)) => assert_eq!(name, room.as_str()),
                 other => panic!("expected Unroutable, got {other:?}"),
             }
             // The broker is still usable afterwards.
             broker.declare_room(&room, false).await.expect("declare");
             broker
-                .publish(&room, false, b"found".to_vec())
+                .publish(&room, b"found".to_vec())
                 .await
                 .expect("publish after declaring");
             let mut stream = broker.consume(&room).await.expect("consume");
@@ -396,7 +475,7 @@ async fn consuming_a_deleted_room_fails(backend: Backend) {
         |broker| async move {
             broker.declare_room(&room, false).await.expect("declare");
             broker
-                .publish(&room, false, b"doomed".to_vec())
+                .publish(&room, b"doomed".to_vec())
                 .await
                 .expect("publish");
             broker.delete_room(&room, false).await.expect("delete");
@@ -410,7 +489,7 @@ async fn consuming_a_deleted_room_fails(backend: Backend) {
             );
             // Its messages went with it: publishing there is now unroutable.
             assert!(matches!(
-                broker.publish(&room, false, b"late".to_vec()).await,
+                broker.publish(&room, b"late".to_vec()).await,
                 Err(BrokerError::Unroutable(_))
             ));
         },

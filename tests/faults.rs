@@ -6,245 +6,48 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestServer, alias, room};
-use mess_chat::model::{ChatMessage, RoomName};
+use common::load::{
+    Load, by_room, check_history, create_rooms_owned_by, send_url, spawn_service, verify_api,
+    verify_store,
+};
+use common::{Backend, TestServer, alias};
+use mess_chat::model::RoomName;
 use mess_chat::service::ServiceConfig;
 use mess_chat::store::Store;
 use mess_chat::store::mongo::MongoStore;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio_util::sync::CancellationToken;
+use tokio::process::Command;
 
 /// One fault test at a time: they stop services every test shares.
 static TAKE_TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Sends answered 2xx: (room, text).
-type Acked = Arc<Mutex<Vec<(RoomName, String)>>>;
-
-/// A `mess-chat serve` child process.
-struct Service {
-    child: Child,
-    base: String,
-}
-
-/// Starts the binary on an ephemeral port, on the real back ends (database `db`) or embedded
-/// (store in `data_dir`).
-async fn spawn_service(backend: Backend, db: &str, data_dir: &std::path::Path) -> Service {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mess-chat"));
-    command
-        .args(["serve", "--no-auth", "--listen", "127.0.0.1:0"])
-        .env("MESS_CHAT_MONGO_DB", db)
-        .env("MESS_CHAT_DATA_DIR", data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    match backend {
-        Backend::Real => {
-            command
-                .env("MESS_CHAT_AMQP_URL", common::amqp_url())
-                .env("MESS_CHAT_MONGO_URL", common::mongo_url());
-        }
-        Backend::Embedded => {
-            command
-                .env_remove("MESS_CHAT_AMQP_URL")
-                .env_remove("MESS_CHAT_MONGO_URL");
-        }
-    }
-    let mut child = command.spawn().expect("mess-chat starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("mess-chat announces its address in time")
-        .unwrap()
-        .expect("a line on stdout");
-    let base = line
-        .strip_prefix("mess-chat listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Service { child, base }
-}
-
-fn send_url(base: &str, room: &RoomName, from: &str, text: &str) -> String {
-    format!("{base}/send/?room_name={room}&from_alias={from}&group_room=true&message={text}")
-}
-
-/// `workers` tasks sending in turn to `rooms` until `stop`; records the sends answered 2xx.
-fn load(
-    base: Arc<Mutex<String>>,
-    rooms: Vec<RoomName>,
-    workers: usize,
-    stop: CancellationToken,
-) -> (Acked, Vec<tokio::task::JoinHandle<()>>) {
-    let acked: Acked = Arc::default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let tasks = (0..workers)
-        .map(|w| {
-            let (acked, http, rooms, stop, base) = (
-                acked.clone(),
-                http.clone(),
-                rooms.clone(),
-                stop.clone(),
-                base.clone(),
-            );
-            let from = alias(&format!("w{w}"));
-            tokio::spawn(async move {
-                let mut i = 0usize;
-                while !stop.is_cancelled() {
-                    i += 1;
-                    let room = &rooms[i % rooms.len()];
-                    let text = format!("{from}-{i}");
-                    let url = send_url(&base.lock().unwrap().clone(), room, from.as_str(), &text);
-                    match http.get(url).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            acked.lock().unwrap().push((room.clone(), text));
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-            })
-        })
-        .collect();
-    (acked, tasks)
-}
-
-async fn stop_load(stop: &CancellationToken, tasks: Vec<tokio::task::JoinHandle<()>>) {
-    stop.cancel();
-    for task in tasks {
-        task.await.unwrap();
-    }
-}
-
-/// Creates group rooms by a first send each, all owned by `owner`.
-async fn create_rooms_owned_by(
-    base: &str,
-    n: usize,
-    owner: &mess_chat::model::Alias,
-) -> Vec<RoomName> {
-    let mut rooms = Vec::new();
-    for _ in 0..n {
-        let r = room("fault");
-        let response = reqwest::get(send_url(base, &r, owner.as_str(), "opening"))
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        rooms.push(r);
-    }
-    rooms
-}
 
 /// Creates group rooms by a first send each.
 async fn create_rooms(base: &str, n: usize) -> Vec<RoomName> {
     create_rooms_owned_by(base, n, &alias("owner")).await
 }
 
-/// Checks a room's stored history: numbers 1..N, texts unique, and every acked text present.
-fn check_history(room: &RoomName, stored: &[ChatMessage], acked: &[String]) {
-    let numbers: Vec<u64> = stored
-        .iter()
-        .map(|m| m.mess_props.sequence_number.unwrap())
-        .collect();
-    let expected: Vec<u64> = (1..=stored.len() as u64).collect();
-    assert_eq!(
-        numbers, expected,
-        "room {room}: numbers must be 1..N without gap or duplicate"
-    );
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for m in stored {
-        *count.entry(m.message.as_str()).or_default() += 1;
-    }
-    let duplicated: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        duplicated.is_empty(),
-        "room {room}: stored twice: {duplicated:?}"
-    );
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|t| !count.contains_key(t.as_str()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "room {room}: acknowledged but lost: {missing:?}"
-    );
-}
-
-fn by_room(acked: &Acked) -> BTreeMap<RoomName, Vec<String>> {
-    let mut rooms: BTreeMap<RoomName, Vec<String>> = BTreeMap::new();
-    for (room, text) in acked.lock().unwrap().iter() {
-        rooms.entry(room.clone()).or_default().push(text.clone());
-    }
-    rooms
-}
-
-/// Waits (bounded) until the store holds every acked message, then checks every room.
-async fn verify_store(store: &dyn Store, acked: &Acked) {
-    let rooms = by_room(acked);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for (room, texts) in &rooms {
-        loop {
-            let stored = store.latest_messages(room, 100_000).await.unwrap();
-            let have: std::collections::HashSet<&str> =
-                stored.iter().map(|m| m.message.as_str()).collect();
-            if texts.iter().all(|t| have.contains(t.as_str())) || Instant::now() > deadline {
-                check_history(room, &stored, texts);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Checks through the API that each room's history lists the stored texts in order.
-async fn verify_api(base: &str, store: Option<&dyn Store>, acked: &Acked) {
-    for (room, texts) in by_room(acked) {
-        let url = format!("{base}/messages/?room_name={room}&limit=1000");
-        let listed: Vec<String> = reqwest::get(url).await.unwrap().json().await.unwrap();
-        match store {
-            Some(store) => {
-                let stored = store.latest_messages(&room, 1000).await.unwrap();
-                let texts: Vec<String> = stored.into_iter().map(|m| m.message).collect();
-                assert_eq!(listed, texts, "room {room}: API and store disagree");
-            }
-            None => {
-                for text in &texts {
-                    assert_eq!(
-                        listed.iter().filter(|l| *l == text).count(),
-                        1,
-                        "room {room}: {text}"
-                    );
-                }
-            }
-        }
-    }
-}
-
 async fn crash_under_load(backend: Backend) {
     let _turn = TAKE_TURNS.lock().await;
     let db = common::unique("mcfault").replace('-', "_");
     let data_dir = tempfile::tempdir().unwrap();
-    let mut service = spawn_service(backend, &db, data_dir.path()).await;
-    let rooms = create_rooms(&service.base, 3).await;
-    let base = Arc::new(Mutex::new(service.base.clone()));
-    let stop = CancellationToken::new();
-    let (acked, tasks) = load(base.clone(), rooms.clone(), 8, stop.clone());
+    let mut service = spawn_service(backend, &db, data_dir.path(), &[]).await;
+    let owner = alias("owner");
+    let rooms = create_rooms_owned_by(&service.base, 3, &owner).await;
+    let bases = Arc::new(Mutex::new(vec![service.base.clone()]));
+    let load = Load::start(bases.clone(), rooms.clone(), 8);
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     service.child.start_kill().unwrap(); // SIGKILL, mid-load
     service.child.wait().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let restarted = spawn_service(backend, &db, data_dir.path()).await;
-    *base.lock().unwrap() = restarted.base.clone();
+    let restarted = spawn_service(backend, &db, data_dir.path(), &[]).await;
+    *bases.lock().unwrap() = vec![restarted.base.clone()];
     tokio::time::sleep(Duration::from_millis(700)).await;
-    stop_load(&stop, tasks).await;
+    let (acked, mut senders) = load.stop().await;
+    senders.push(owner);
 
     let total = acked.lock().unwrap().len();
     assert!(
@@ -257,11 +60,10 @@ async fn crash_under_load(backend: Backend) {
                 .await
                 .unwrap();
             verify_store(&store, &acked).await;
-            verify_api(&restarted.base, Some(&store), &acked).await;
+            verify_api(&restarted.base, &store, &acked).await;
             let env = common::Env::new(Backend::Real);
-            let aliases: Vec<_> = Vec::new();
             let names: Vec<_> = rooms.iter().map(|r| (r.clone(), true)).collect();
-            env.cleanup(&names, &aliases).await;
+            env.cleanup(&names, &senders).await;
             store.drop_database().await.unwrap();
         }
         Backend::Embedded => {
@@ -291,6 +93,7 @@ async fn acked_sends_survive_a_crash_of_the_embedded_service() {
     crash_under_load(Backend::Embedded).await;
 }
 
+/// Runs `rabbitmqctl` with `args`, which must succeed.
 async fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl")
         .args(args)
@@ -307,13 +110,7 @@ async fn acked_sends_survive_a_broker_restart_and_the_service_reconnects() {
     let t = TestServer::start(Backend::Real).await;
     let base = t.client.base().to_string();
     let rooms = create_rooms(&base, 2).await;
-    let stop = CancellationToken::new();
-    let (acked, tasks) = load(
-        Arc::new(Mutex::new(base.clone())),
-        rooms.clone(),
-        6,
-        stop.clone(),
-    );
+    let load = Load::start(Arc::new(Mutex::new(vec![base.clone()])), rooms.clone(), 6);
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     rabbitmqctl(&["stop_app"]).await;
@@ -351,12 +148,12 @@ async fn acked_sends_survive_a_broker_restart_and_the_service_reconnects() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_load(&stop, tasks).await;
+    let (acked, _) = load.stop().await;
     eprintln!("sends accepted again {ok_again:?} after start_app");
 
     let store = t.env.mongo().await;
     verify_store(&store, &acked).await;
-    verify_api(&base, Some(&store), &acked).await;
+    verify_api(&base, &store, &acked).await;
     t.cleanup().await;
 }
 
@@ -436,11 +233,11 @@ async fn sends_during_a_store_outage_are_stored_once_it_returns() {
     }
     .await;
     drop(restart);
-    let acked: Acked = Arc::new(Mutex::new(result));
+    let acked = Arc::new(Mutex::new(result));
 
     let store = t.env.mongo().await;
     verify_store(&store, &acked).await;
-    verify_api(&base, Some(&store), &acked).await;
+    verify_api(&base, &store, &acked).await;
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
     t.cleanup().await;
@@ -451,14 +248,13 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let _turn = TAKE_TURNS.lock().await;
     let db = common::unique("mcterm").replace('-', "_");
     let data_dir = tempfile::tempdir().unwrap();
-    let mut service = spawn_service(Backend::Real, &db, data_dir.path()).await;
-    let rooms = create_rooms(&service.base, 2).await;
-    let stop = CancellationToken::new();
-    let (acked, tasks) = load(
-        Arc::new(Mutex::new(service.base.clone())),
+    let mut service = spawn_service(Backend::Real, &db, data_dir.path(), &[]).await;
+    let owner = alias("owner");
+    let rooms = create_rooms_owned_by(&service.base, 2, &owner).await;
+    let load = Load::start(
+        Arc::new(Mutex::new(vec![service.base.clone()])),
         rooms.clone(),
         6,
-        stop.clone(),
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
@@ -473,7 +269,8 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
         .await
         .expect("exits within 15 s of SIGTERM")
         .unwrap();
-    stop_load(&stop, tasks).await;
+    let (acked, mut senders) = load.stop().await;
+    senders.push(owner);
     assert!(exit.success(), "exit status {exit:?}");
 
     // Everything acknowledged before the exit is stored, without waiting for another start.
@@ -486,6 +283,6 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     }
     let env = common::Env::new(Backend::Real);
     let names: Vec<_> = rooms.iter().map(|r| (r.clone(), true)).collect();
-    env.cleanup(&names, &[]).await;
+    env.cleanup(&names, &senders).await;
     store.drop_database().await.unwrap();
 }

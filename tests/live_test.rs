@@ -321,7 +321,7 @@ async fn refusals_come_as_json_errors_before_the_upgrade(backend: Backend) {
             401,
             "unauthorized",
         ),
-        (&r.name, Token::Query(&eve_token), None, 403, "forbidden"),
+        (&r.name, Token::Query(&eve_token), None, 403, "not_a_member"),
         (
             &missing,
             Token::Query(&eve_token),

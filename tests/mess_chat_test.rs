@@ -24,7 +24,7 @@ on_both_backends!(
     message_at_the_size_limit_is_accepted_and_one_byte_more_is_413,
     history_spans_cache_and_store_without_gap_or_duplicate,
     health_and_readiness_report_ok,
-    rooms_and_aliases_share_one_namespace,
+    a_private_room_may_be_named_after_its_recipient,
     concurrent_first_sends_create_the_room_once,
     cli_send_and_messages_talk_to_the_server,
     retries_with_one_idempotency_key_are_stored_once,
@@ -142,7 +142,7 @@ async fn private_room_holds_exactly_two_aliases(backend: Backend) {
         t.client.messages(r.as_str(), None).await.unwrap(),
         ["hi bob", "hi ann", "hi ann"]
     );
-    let members = t.server().service().room(&r).unwrap().members();
+    let members = t.server().service().room(&r).await.unwrap().members();
     assert_eq!(
         members.into_iter().collect::<BTreeSet<_>>(),
         BTreeSet::from([ann, bob])
@@ -160,7 +160,7 @@ async fn group_room_adds_each_new_sender_as_a_member(backend: Backend) {
             .await
             .unwrap();
     }
-    let chat_room = t.server().service().room(&r).unwrap();
+    let chat_room = t.server().service().room(&r).await.unwrap();
     assert_eq!(chat_room.owner_alias(), senders[0]);
     assert_eq!(chat_room.members(), senders.to_vec());
     assert!(chat_room.group_room());
@@ -237,7 +237,7 @@ async fn restart_restores_history_from_the_store(backend: Backend) {
         t.client.messages(p.as_str(), None).await.unwrap(),
         ["secret"]
     );
-    let restored = t.server().service().room(&p).unwrap();
+    let restored = t.server().service().room(&p).await.unwrap();
     assert!(!restored.group_room());
     assert_eq!(restored.members(), [ann.clone(), bob.clone()]);
     // Numbering continues where it stopped; membership rules still hold.
@@ -450,7 +450,7 @@ async fn history_spans_cache_and_store_without_gap_or_duplicate(backend: Backend
             .await
             .unwrap();
     }
-    assert_eq!(t.server().service().room(&r).unwrap().len(), 5);
+    assert_eq!(t.server().service().room(&r).await.unwrap().len(), 5);
     let texts = |from: usize, to: usize| (from..=to).map(|i| format!("m{i}")).collect::<Vec<_>>();
     for _ in 0..2 {
         assert_eq!(
@@ -491,30 +491,47 @@ async fn health_and_readiness_report_ok(backend: Backend) {
     t.cleanup().await;
 }
 
-async fn rooms_and_aliases_share_one_namespace(backend: Backend) {
+async fn a_private_room_may_be_named_after_its_recipient(backend: Backend) {
+    // The course's own client names a private room after its recipient; the recipient's inbox
+    // (`inbox.<alias>`) is not the room's queue, so both work side by side.
     let t = TestServer::start(backend).await;
-    let r = room("space");
-    let ann = alias("ann");
+    let (lobby, ann, eshner) = (room("lobby"), alias("ann"), alias("eshner"));
     t.client
-        .send(&group_send(&r, ann.as_str(), "x"))
+        .send(&group_send(
+            &lobby,
+            eshner.as_str(),
+            "eshner has an inbox now",
+        ))
         .await
         .unwrap();
-    // A room may not be named after an alias in use (its queue is that alias's inbox)...
-    let as_room = RoomName::new(ann.as_str()).unwrap();
-    let refused = t
-        .client
-        .send(&group_send(&as_room, ann.as_str(), "x"))
-        .await;
-    assert_eq!(refusal(refused), (409, "name_taken".into()));
-    // ... nor may an alias be a room's name.
-    let refused = t.client.send(&group_send(&r, r.as_str(), "x")).await;
-    assert_eq!(refusal(refused), (409, "name_taken".into()));
-    let self_named = room("selfnamed");
-    let refused = t
-        .client
-        .send(&group_send(&self_named, self_named.as_str(), "x"))
-        .await;
-    assert_eq!(refusal(refused), (409, "name_taken".into()));
+    let named_after = RoomName::new(eshner.as_str()).unwrap();
+    let params = SendParams {
+        room_name: named_after.to_string(),
+        message: "hi eshner".into(),
+        from_alias: ann.to_string(),
+        to_alias: Some(eshner.to_string()),
+        group_room: Some(false),
+        idempotency_key: None,
+    };
+    let sent = t.client.send(&params).await.unwrap();
+    assert_eq!(sent.status, "stored");
+    assert_eq!(sent.message.mess_props.to_user, eshner.as_str());
+    t.client
+        .send(&group_send(
+            &lobby,
+            eshner.as_str(),
+            "and the group still works",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.client.messages(named_after.as_str(), None).await.unwrap(),
+        ["hi eshner"]
+    );
+    assert_eq!(
+        t.client.messages(lobby.as_str(), None).await.unwrap().len(),
+        2
+    );
     t.cleanup().await;
 }
 
@@ -533,7 +550,10 @@ async fn concurrent_first_sends_create_the_room_once(backend: Backend) {
     }
     assert_eq!(numbers, (1..=20).collect::<BTreeSet<u64>>());
     assert_eq!(t.server().service().rooms().rooms().len(), 1);
-    assert_eq!(t.server().service().room(&r).unwrap().members().len(), 20);
+    assert_eq!(
+        t.server().service().room(&r).await.unwrap().members().len(),
+        20
+    );
     t.cleanup().await;
 }
 

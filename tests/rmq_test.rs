@@ -20,8 +20,8 @@ use mess_chat::client::SendParams;
 use mess_chat::model::{
     Alias, ChatMessage, MessageProperties, RoomListMeta, RoomMeta, RoomName, UserRecord,
 };
-use mess_chat::service::{ChatService, SendOutcome, SendRequest, ServiceConfig};
-use mess_chat::store::{Inserted, Store, StoreError};
+use mess_chat::service::{ChatService, SendMode, SendOutcome, SendRequest, ServiceConfig};
+use mess_chat::store::{Created, InsertStop, Inserted, MemberChange, Store, StoreError};
 use uuid::Uuid;
 
 /// A second, independent AMQP connection for looking at what the service declared.
@@ -125,15 +125,36 @@ async fn group_room_topology_is_declared_on_the_broker() {
         exchange_exists(&conn, r.as_str()).await,
         "exchange named after the room"
     );
-    for queue in [r.as_str(), ann.as_str(), bob.as_str()] {
+    assert!(
+        exchange_exists(&conn, "mess-chat.events").await,
+        "the cluster events exchange"
+    );
+    let (ann_inbox, bob_inbox) = (format!("inbox.{ann}"), format!("inbox.{bob}"));
+    for queue in [r.as_str(), &ann_inbox, &bob_inbox] {
         assert!(
             queue_ready_count(&conn, queue).await.is_some(),
             "queue {queue}"
         );
     }
-    // Each inbox got every message sent after its alias joined: ann both, bob his own.
-    assert_eq!(queue_ready_count(&conn, ann.as_str()).await, Some(2));
-    assert_eq!(queue_ready_count(&conn, bob.as_str()).await, Some(1));
+    // Each inbox gets every message stored after its alias joined (numbered, once stored):
+    // ann both, bob his own.
+    eventually("both inboxes have their copies", async || {
+        queue_ready_count(&conn, &ann_inbox).await == Some(2)
+            && queue_ready_count(&conn, &bob_inbox).await == Some(1)
+    })
+    .await;
+    let channel = conn.create_channel().await.unwrap();
+    let copy = channel
+        .basic_get(ann_inbox.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a copy");
+    let copy: ChatMessage = serde_json::from_slice(&copy.delivery.data).unwrap();
+    assert_eq!(
+        copy.mess_props.sequence_number,
+        Some(1),
+        "inbox copies are numbered"
+    );
     let bindings = rabbitmqctl(&[
         "list_bindings",
         "-q",
@@ -142,14 +163,21 @@ async fn group_room_topology_is_declared_on_the_broker() {
         "destination_name",
     ])
     .await;
-    for destination in [r.as_str(), ann.as_str(), bob.as_str()] {
+    let bound = |destination: &str| {
+        bindings
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == [r.as_str(), destination])
+    };
+    for destination in [&ann_inbox, &bob_inbox] {
         assert!(
-            bindings
-                .lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [r.as_str(), destination]),
+            bound(destination),
             "binding {r} → {destination} missing in:\n{bindings}"
         );
     }
+    assert!(
+        !bound(r.as_str()),
+        "sends go straight to the room's queue, not through its exchange"
+    );
     let queues = rabbitmqctl(&[
         "list_queues",
         "-q",
@@ -169,7 +197,7 @@ async fn group_room_topology_is_declared_on_the_broker() {
     assert!(
         line(r.as_str()).contains("true") && line(r.as_str()).contains("x-single-active-consumer")
     );
-    for inbox in [ann.as_str(), bob.as_str()] {
+    for inbox in [ann_inbox.as_str(), bob_inbox.as_str()] {
         let l = line(inbox);
         assert!(
             l.contains("x-max-length") && l.contains("x-message-ttl"),
@@ -201,7 +229,9 @@ async fn private_room_has_its_queue_and_no_exchange() {
     );
     assert!(!exchange_exists(&conn, r.as_str()).await);
     assert!(
-        queue_ready_count(&conn, ann.as_str()).await.is_none(),
+        queue_ready_count(&conn, &format!("inbox.{ann}"))
+            .await
+            .is_none(),
         "no inbox for private rooms"
     );
     t.cleanup().await;
@@ -212,10 +242,7 @@ async fn confirmed_publish_is_persistent_and_waits_in_the_queue() {
     let broker = RabbitBroker::new(common::amqp_url());
     let r = room("confirm");
     broker.declare_room(&r, false).await.unwrap();
-    broker
-        .publish(&r, false, b"{\"hello\":1}".to_vec())
-        .await
-        .unwrap();
+    broker.publish(&r, b"{\"hello\":1}".to_vec()).await.unwrap();
     // publish returned: the broker confirmed, so the message is in the queue right now.
     let conn = observer().await;
     assert_eq!(queue_ready_count(&conn, r.as_str()).await, Some(1));
@@ -239,7 +266,7 @@ async fn unroutable_publish_is_refused() {
     let broker = RabbitBroker::new(common::amqp_url());
     let never_declared = room("nowhere");
     let err = broker
-        .publish(&never_declared, false, b"lost?".to_vec())
+        .publish(&never_declared, b"lost?".to_vec())
         .await
         .unwrap_err();
     assert!(matches!(err, BrokerError::Unroutable(_)), "{err:?}");
@@ -267,6 +294,32 @@ impl Store for FlakyStore {
     async fn load_room(&self, room: &RoomName) -> Result<Option<RoomMeta>, StoreError> {
         self.inner.load_room(room).await
     }
+    async fn add_to_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
+        self.inner.add_to_room_list(list, room).await
+    }
+    async fn remove_from_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
+        self.inner.remove_from_room_list(list, room).await
+    }
+    async fn create_room(&self, meta: &RoomMeta) -> Result<Created, StoreError> {
+        self.inner.create_room(meta).await
+    }
+    async fn add_member(
+        &self,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<Option<MemberChange>, StoreError> {
+        self.inner.add_member(room, alias).await
+    }
+    async fn remove_member(
+        &self,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<Option<MemberChange>, StoreError> {
+        self.inner.remove_member(room, alias).await
+    }
+    async fn rooms_of(&self, alias: &Alias) -> Result<Vec<RoomName>, StoreError> {
+        self.inner.rooms_of(alias).await
+    }
     async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError> {
         self.inner.delete_room(room).await
     }
@@ -287,7 +340,7 @@ impl Store for FlakyStore {
         &self,
         room: &RoomName,
         messages: &[ChatMessage],
-    ) -> Result<Option<usize>, StoreError> {
+    ) -> Result<Option<InsertStop>, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected outage".into()));
         }
@@ -353,6 +406,7 @@ fn group_request(r: &RoomName, from: &Alias, text: &str) -> SendRequest {
         to_alias: None,
         group_room: Some(true),
         idempotency_key: None,
+        mode: SendMode::CreateOrJoin,
     }
 }
 
@@ -374,7 +428,7 @@ async fn consumer_acks_only_after_the_store_write() {
     let (env, store, service) = service_on_a_failing_store().await;
     let (r, ann) = (room("ackafter"), alias("ann"));
     let outcome = service
-        .send(group_request(&r, &ann, "wait for me"))
+        .send(None, group_request(&r, &ann, "wait for me"))
         .await
         .unwrap();
     assert!(
@@ -397,7 +451,7 @@ async fn consumer_acks_only_after_the_store_write() {
     );
 
     store.failing.store(false, Ordering::SeqCst);
-    let room = service.room(&r).unwrap();
+    let room = service.room(&r).await.unwrap();
     eventually("the message is stored", async || room.len() == 1).await;
     eventually("the delivery is acked", async || {
         queue_counts(r.as_str()).await == (0, 0)
@@ -415,7 +469,7 @@ async fn unstored_message_survives_a_service_stop_and_is_stored_once() {
     let (env, _failing_store, service) = service_on_a_failing_store().await;
     let (r, ann) = (room("survive"), alias("ann"));
     service
-        .send(group_request(&r, &ann, "still here"))
+        .send(None, group_request(&r, &ann, "still here"))
         .await
         .unwrap();
     service.shutdown().await;
@@ -428,7 +482,7 @@ async fn unstored_message_survives_a_service_stop_and_is_stored_once() {
     let service = ChatService::start(env.broker.clone(), env.store().await, quick_config())
         .await
         .unwrap();
-    let room = service.room(&r).unwrap();
+    let room = service.room(&r).await.unwrap();
     eventually("the message is stored", async || room.len() == 1).await;
     let stored = env.store().await.latest_messages(&r, 10).await.unwrap();
     assert_eq!(stored.len(), 1);
@@ -446,7 +500,7 @@ async fn redelivered_message_is_stored_once_with_its_first_number() {
         .unwrap();
     let (r, ann) = (room("redeliver"), alias("ann"));
     let first = service
-        .send(group_request(&r, &ann, "first"))
+        .send(None, group_request(&r, &ann, "first"))
         .await
         .unwrap();
     assert!(matches!(first, SendOutcome::Stored(_)));
@@ -454,10 +508,10 @@ async fn redelivered_message_is_stored_once_with_its_first_number() {
     // The same message (same id) published twice, as a redelivery after a lost ack looks.
     let props = MessageProperties::new_sent(r.clone(), ann.clone(), r.to_string());
     let body = serde_json::to_vec(&ChatMessage::new("twice".into(), props)).unwrap();
-    env.broker.publish(&r, true, body.clone()).await.unwrap();
-    env.broker.publish(&r, true, body).await.unwrap();
+    env.broker.publish(&r, body.clone()).await.unwrap();
+    env.broker.publish(&r, body).await.unwrap();
     let after = service
-        .send(group_request(&r, &ann, "after"))
+        .send(None, group_request(&r, &ann, "after"))
         .await
         .unwrap();
     let SendOutcome::Stored(after) = after else {
@@ -477,7 +531,7 @@ async fn redelivered_message_is_stored_once_with_its_first_number() {
         .map(|m| m.mess_props.sequence_number)
         .collect();
     assert_eq!(numbers, [Some(1), Some(2), Some(3)]);
-    assert_eq!(service.room(&r).unwrap().len(), 3);
+    assert_eq!(service.room(&r).await.unwrap().len(), 3);
     eventually("everything is acked", async || {
         queue_counts(r.as_str()).await == (0, 0)
     })

@@ -18,7 +18,7 @@ use mess_chat::model::{
     Alias, ChatMessage, MessageProperties, MessageType, RoomListMeta, RoomMeta, RoomName,
     UserRecord,
 };
-use mess_chat::store::{Inserted, Store, StoreError};
+use mess_chat::store::{Created, InsertStop, Inserted, Store, StoreError};
 
 on_both_backends!(
     room_metadata_round_trips_exactly,
@@ -34,6 +34,10 @@ on_both_backends!(
     rooms_are_isolated_from_each_other,
     messages_after_pages_forwards_without_gap_or_duplicate,
     a_batch_insert_stops_at_the_first_stored_id,
+    a_number_taken_by_another_message_is_refused,
+    a_room_is_created_once,
+    members_change_one_at_a_time_and_index_their_rooms,
+    the_room_list_changes_one_name_at_a_time,
     unnumbered_messages_are_refused,
     search_matches_substrings_without_ascii_case_newest_first,
     users_register_once_and_load_back,
@@ -109,6 +113,7 @@ fn room_meta(name: &RoomName, group_room: bool, members: &[&str]) -> RoomMeta {
         members: members.iter().map(|m| alias(m)).collect(),
         create_time: at(1_700_000_000_123),
         modify_time: at(1_700_000_456_789),
+        version: 0,
     }
 }
 
@@ -117,13 +122,25 @@ async fn room_metadata_round_trips_exactly(backend: Backend) {
         let room = common::room("meta");
         let group = room_meta(&room, true, &["ann", "bob", "carl-2", "d_e"]);
         store.save_room(&group).await.expect("save");
-        assert_eq!(store.load_room(&room).await.expect("load"), Some(group));
+        assert_eq!(
+            store.load_room(&room).await.expect("load"),
+            Some(group.clone())
+        );
 
-        // Saving again replaces the document: a private room with other members and times.
-        let mut private = room_meta(&room, false, &["zed", "amy"]);
-        private.modify_time = at(1_800_000_000_001);
-        store.save_room(&private).await.expect("save again");
-        assert_eq!(store.load_room(&room).await.expect("load"), Some(private));
+        // Saving again only moves the modify time forward: membership and kind are changed by
+        // their own atomic operations, never overwritten by an instance's (maybe stale) copy.
+        let mut stale = room_meta(&room, false, &["zed", "amy"]);
+        stale.modify_time = at(1_800_000_000_001);
+        store.save_room(&stale).await.expect("save again");
+        let mut expected = group.clone();
+        expected.modify_time = stale.modify_time;
+        assert_eq!(
+            store.load_room(&room).await.expect("load"),
+            Some(expected.clone())
+        );
+        stale.modify_time = at(1_000);
+        store.save_room(&stale).await.expect("save an older copy");
+        assert_eq!(store.load_room(&room).await.expect("load"), Some(expected));
     })
     .await
 }
@@ -154,9 +171,15 @@ async fn room_list_metadata_round_trips_exactly(backend: Backend) {
             Some(meta.clone())
         );
 
-        meta.rooms.remove(1);
-        meta.modify_time = at(1_660_000_000_042);
-        store.save_room_list(&meta).await.expect("save list again");
+        // Saving another instance's view adds its rooms and never removes one.
+        let mut other = meta.clone();
+        let added = common::room("d");
+        other.rooms = vec![added.clone()];
+        other.modify_time = at(1_660_000_000_042);
+        store.save_room_list(&other).await.expect("save list again");
+        meta.rooms.push(added);
+        meta.rooms.sort();
+        meta.modify_time = other.modify_time;
         assert_eq!(
             store.load_room_list(&name).await.expect("load list"),
             Some(meta)
@@ -448,7 +471,10 @@ async fn a_batch_insert_stops_at_the_first_stored_id(backend: Backend) {
         retried.mess_props.sequence_number = Some(91);
         let (three, four) = (received(&room, 3, "three"), received(&room, 4, "four"));
         let batch = [retried.clone(), three.clone(), four.clone()];
-        assert_eq!(store.insert_messages(&room, &batch).await.unwrap(), Some(0));
+        assert_eq!(
+            store.insert_messages(&room, &batch).await.unwrap(),
+            Some(InsertStop::IdStored(0))
+        );
         assert_eq!(store.last_sequence(&room).await.unwrap(), 2);
         // A stored id in the middle: the prefix before it is written, nothing after it.
         let (five, six) = (
@@ -456,7 +482,10 @@ async fn a_batch_insert_stops_at_the_first_stored_id(backend: Backend) {
             received(&room, 4, "six as 4"),
         );
         let batch = [five, first[1].clone(), six];
-        assert_eq!(store.insert_messages(&room, &batch).await.unwrap(), Some(1));
+        assert_eq!(
+            store.insert_messages(&room, &batch).await.unwrap(),
+            Some(InsertStop::IdStored(1))
+        );
         let all = store.latest_messages(&room, 100).await.unwrap();
         assert_eq!(sequences(&all), [1, 2, 3]);
         assert_eq!(all[2].message, "five as 3");
@@ -473,7 +502,7 @@ async fn a_batch_insert_stops_at_the_first_stored_id(backend: Backend) {
                 .insert_messages(&room, std::slice::from_ref(&four))
                 .await
                 .unwrap(),
-            Some(0)
+            Some(InsertStop::IdStored(0))
         );
         let ids: Vec<_> = [&first[0], &first[1], &four, &three]
             .iter()
@@ -490,6 +519,157 @@ async fn a_batch_insert_stops_at_the_first_stored_id(backend: Backend) {
                 .is_empty()
         );
         assert_eq!(store.insert_messages(&room, &[]).await.unwrap(), None);
+    })
+    .await
+}
+
+async fn a_number_taken_by_another_message_is_refused(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("fence");
+        let first = insert_range(store.as_ref(), &room, 1, 2).await;
+        // A stale numberer's batch: 3 is free, 2 is held by another message.
+        let (three, stale_two) = (received(&room, 3, "three"), received(&room, 2, "stale"));
+        let batch = [three.clone(), stale_two.clone(), received(&room, 4, "four")];
+        assert_eq!(
+            store.insert_messages(&room, &batch).await.unwrap(),
+            Some(InsertStop::NumberTaken(1))
+        );
+        assert_eq!(
+            store.insert_message(&stale_two).await.unwrap(),
+            Inserted::NumberTaken
+        );
+        let all = store.latest_messages(&room, 100).await.unwrap();
+        assert_eq!(
+            sequences(&all),
+            [1, 2, 3],
+            "the prefix before the collision is stored"
+        );
+        assert_eq!(all[1], first[1], "the number's first holder stays");
+        assert!(
+            store
+                .existing_messages(&room, &[stale_two.mess_props.id])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await
+}
+
+async fn a_room_is_created_once(backend: Backend) {
+    with_store(backend, |store| async move {
+        let room = common::room("create");
+        let first = room_meta(&room, true, &["ann"]);
+        assert_eq!(store.create_room(&first).await.unwrap(), Created::New);
+        let second = room_meta(&room, false, &["bob", "carl"]);
+        assert_eq!(
+            store.create_room(&second).await.unwrap(),
+            Created::Existing(first.clone())
+        );
+        assert_eq!(store.load_room(&room).await.unwrap(), Some(first));
+        assert_eq!(
+            store.rooms_of(&alias("ann")).await.unwrap(),
+            std::slice::from_ref(&room)
+        );
+        assert!(store.rooms_of(&alias("bob")).await.unwrap().is_empty());
+    })
+    .await
+}
+
+async fn members_change_one_at_a_time_and_index_their_rooms(backend: Backend) {
+    with_store(backend, |store| async move {
+        let (room, other) = (common::room("members"), common::room("other"));
+        store
+            .create_room(&room_meta(&room, true, &["ann"]))
+            .await
+            .unwrap();
+        store
+            .create_room(&room_meta(&other, false, &["bob", "carl"]))
+            .await
+            .unwrap();
+        let added = store
+            .add_member(&room, &alias("bob"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(added.changed);
+        assert_eq!(added.meta.members, [alias("ann"), alias("bob")]);
+        let again = store
+            .add_member(&room, &alias("bob"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!again.changed, "adding a member twice changes nothing");
+        assert_eq!(again.meta.members, [alias("ann"), alias("bob")]);
+        assert_eq!(
+            (added.meta.version, again.meta.version),
+            (1, 1),
+            "each change counts once, in the version"
+        );
+        let mut bobs = store.rooms_of(&alias("bob")).await.unwrap();
+        bobs.sort();
+        let mut expected = vec![room.clone(), other.clone()];
+        expected.sort();
+        assert_eq!(bobs, expected);
+
+        let removed = store
+            .remove_member(&room, &alias("bob"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(removed.changed);
+        assert_eq!(removed.meta.members, [alias("ann")]);
+        assert_eq!(removed.meta.version, 2);
+        assert!(
+            !store
+                .remove_member(&room, &alias("bob"))
+                .await
+                .unwrap()
+                .unwrap()
+                .changed
+        );
+        assert_eq!(
+            store.rooms_of(&alias("bob")).await.unwrap(),
+            std::slice::from_ref(&other)
+        );
+        assert_eq!(
+            store.load_room(&room).await.unwrap().map(|m| m.members),
+            Some(vec![alias("ann")])
+        );
+
+        let nowhere = common::room("nowhere");
+        assert_eq!(
+            store.add_member(&nowhere, &alias("bob")).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.remove_member(&nowhere, &alias("bob")).await.unwrap(),
+            None
+        );
+
+        store.delete_room(&other).await.unwrap();
+        assert!(store.rooms_of(&alias("carl")).await.unwrap().is_empty());
+    })
+    .await
+}
+
+async fn the_room_list_changes_one_name_at_a_time(backend: Backend) {
+    with_store(backend, |store| async move {
+        let list = common::unique("list");
+        let (a, b) = (common::room("a"), common::room("b"));
+        store.add_to_room_list(&list, &a).await.unwrap();
+        store.add_to_room_list(&list, &b).await.unwrap();
+        store.add_to_room_list(&list, &a).await.unwrap();
+        let mut both = vec![a.clone(), b.clone()];
+        both.sort();
+        assert_eq!(
+            store.load_room_list(&list).await.unwrap().map(|m| m.rooms),
+            Some(both)
+        );
+        store.remove_from_room_list(&list, &a).await.unwrap();
+        let meta = store.load_room_list(&list).await.unwrap().unwrap();
+        assert_eq!(meta.rooms, [b]);
+        assert_eq!(meta.name, list);
     })
     .await
 }

@@ -1,6 +1,6 @@
 //! Who is calling: the `Authorization: Bearer <token>` header, checked against the registered
-//! aliases. The REST API always identifies its caller this way; the seed endpoints require it
-//! unless the service runs with `--no-auth`.
+//! aliases. The REST API always identifies its caller this way; the seed endpoints pass the
+//! caller (if any) to the service, which requires one unless it runs with `--no-auth`.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::model::{Alias, RoomName};
+use crate::model::Alias;
 use crate::service::ChatError;
 
 /// The authenticated caller, if the request carried a token.
@@ -45,31 +45,8 @@ impl Caller {
         })
     }
 
-    /// The caller must be `alias` (when `enforce`): nobody posts as someone else.
-    pub fn must_be(&self, alias: &Alias, enforce: bool) -> Result<(), ApiError> {
-        if !enforce {
-            return Ok(());
-        }
-        if self.alias()? != alias {
-            return Err(ChatError::Forbidden(format!("your token is not {alias}'s")).into());
-        }
-        Ok(())
-    }
-
-    /// The caller must be a member of `room` (when `enforce`): nobody reads others' rooms.
-    pub fn must_be_member(
-        &self,
-        state: &AppState,
-        room: &RoomName,
-        enforce: bool,
-    ) -> Result<(), ApiError> {
-        if !enforce {
-            return Ok(());
-        }
-        let alias = self.alias()?;
-        if !state.service.room(room)?.is_member(alias) {
-            return Err(ChatError::Forbidden(format!("{alias} is not a member of {room}")).into());
-        }
-        Ok(())
+    /// The caller's alias, if the request carried a token.
+    pub fn actor(&self) -> Option<&Alias> {
+        self.0.as_ref()
     }
 }

@@ -10,9 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use crate::metrics as m;
 use crate::model::{Alias, ChatMessage, RoomName};
-use crate::service::{ChatError, SendOutcome, SendRequest};
+use crate::service::{SendMode, SendOutcome, SendRequest};
 
 /// Default number of messages `/messages/` returns.
 pub const DEFAULT_MESSAGES_LIMIT: usize = 100;
@@ -109,21 +108,11 @@ pub async fn send(
         to_alias: optional(q.to_alias).map(alias).transpose()?,
         group_room: optional(q.group_room).map(|v| parse_bool(&v)).transpose()?,
         idempotency_key: q.idempotency_key,
+        mode: SendMode::CreateOrJoin,
     };
-    caller.must_be(&request.from_alias, state.service.require_auth())?;
-    let started = std::time::Instant::now();
-    let outcome = state.service.send(request).await;
-    let label = match &outcome {
-        Ok(SendOutcome::Stored(_)) => "stored",
-        Ok(SendOutcome::Accepted(_)) => "accepted",
-        Err(ChatError::Unavailable(_)) => "unavailable",
-        Err(_) => "refused",
-    };
-    metrics::counter!(m::SENDS, "outcome" => label).increment(1);
-    metrics::histogram!(m::SEND_SECONDS).record(started.elapsed().as_secs_f64());
-    let (status, message) = match outcome? {
-        SendOutcome::Stored(m) => (StatusCode::OK, m),
-        SendOutcome::Accepted(m) => (StatusCode::ACCEPTED, m),
+    let (status, label, message) = match state.service.send(caller.actor(), request).await? {
+        SendOutcome::Stored(m) => (StatusCode::OK, "stored", m),
+        SendOutcome::Accepted(m) => (StatusCode::ACCEPTED, "accepted", m),
     };
     let body = SendResponse {
         status: label.into(),
@@ -142,13 +131,12 @@ pub async fn messages(
     check_utf8(&raw)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = room_name(required(q.room_name, "room_name")?)?;
-    caller.must_be_member(&state, &room, state.service.require_auth())?;
     let limit = match optional(q.limit) {
         None => DEFAULT_MESSAGES_LIMIT,
         Some(v) => v
             .parse()
             .map_err(|_| ApiError::bad_request("limit must be a whole number"))?,
     };
-    let history = state.service.history(&room, limit).await?;
+    let history = state.service.history(caller.actor(), &room, limit).await?;
     Ok(Json(history.into_iter().map(|m| m.message).collect()))
 }

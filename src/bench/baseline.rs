@@ -105,7 +105,7 @@ pub async fn embedded(
     let start = Instant::now();
     while start.elapsed() - emptying < duration {
         for _ in 0..1000 {
-            broker.publish(&scratch.room, false, body.clone()).await?;
+            broker.publish(&scratch.room, body.clone()).await?;
         }
         published += 1000;
         if published.is_multiple_of(EMBEDDED_QUEUE_REFILL) {

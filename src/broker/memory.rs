@@ -1,6 +1,7 @@
 //! The embedded broker: exchanges, queues and bindings in process memory, with the same
-//! semantics as the RabbitMQ back end (fanout group exchanges, bounded member inboxes, manual
-//! acks, redelivery of what a consumer left unacked, one active consumer per queue).
+//! semantics as the RabbitMQ back end (sends routed to the room's queue or refused, fanout group
+//! exchanges to bounded member inboxes, cluster events to a queue per subscriber, manual acks,
+//! redelivery of what a consumer left unacked, one active consumer per queue).
 //!
 //! It is not durable: a message it confirmed but the room had not stored yet is gone if the
 //! process dies. So the service never acknowledges a send through this broker before the message
@@ -12,7 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Acknowledge, Broker, BrokerError, Delivery, DeliveryStream, INBOX_MAX_LENGTH};
+use super::{
+    Acknowledge, AlreadyAcked, Broker, BrokerError, Delivery, DeliveryStream, EVENTS_EXCHANGE,
+    EVENTS_MAX_LENGTH, INBOX_MAX_LENGTH, inbox_queue,
+};
 use crate::model::{Alias, RoomName};
 
 /// An in-process broker; cheap to share behind an `Arc`.
@@ -44,6 +48,9 @@ struct Queue {
     max_length: Option<usize>,
     /// The consumer allowed to take messages (single active consumer).
     active_consumer: Option<u64>,
+    /// Deleted with its consumer, which takes messages without acknowledgements (an instance's
+    /// events queue).
+    auto_delete: bool,
     /// Wakes consumers waiting for a message or for their turn.
     notify: Arc<Notify>,
 }
@@ -61,6 +68,7 @@ impl Queue {
             unacked: HashMap::new(),
             max_length,
             active_consumer: None,
+            auto_delete: false,
             notify: Arc::new(Notify::new()),
         }
     }
@@ -103,7 +111,25 @@ impl MemoryBroker {
             queue: name.to_string(),
             notify: queue.notify.clone(),
             id,
+            auto_ack: queue.auto_delete,
         }))
+    }
+
+    /// Pushes `bodies` to every queue bound to `exchange`; `Refused` if there is no such exchange.
+    fn route(&self, exchange: &str, bodies: Vec<Vec<u8>>) -> Result<(), BrokerError> {
+        let mut state = self.shared.state();
+        let Some(bound) = state.exchanges.get(exchange) else {
+            return Err(BrokerError::Refused(format!("no exchange {exchange}")));
+        };
+        let bound: Vec<String> = bound.iter().cloned().collect();
+        for target in bound {
+            if let Some(queue) = state.queues.get_mut(&target) {
+                for body in &bodies {
+                    queue.push(body.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How many messages wait (ready, not delivered) in a queue; for tests and diagnostics.
@@ -122,31 +148,28 @@ impl Broker for MemoryBroker {
             .entry(name.clone())
             .or_insert_with(|| Queue::new(None));
         if group_room {
-            state
-                .exchanges
-                .entry(name.clone())
-                .or_default()
-                .insert(name);
+            state.exchanges.entry(name).or_default();
         }
         Ok(())
     }
 
     async fn bind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
         let mut state = self.shared.state();
+        let inbox = inbox_queue(alias);
         let Some(bound) = state.exchanges.get_mut(room.as_str()) else {
             return Err(BrokerError::Refused(format!("no exchange {room}")));
         };
-        bound.insert(alias.to_string());
+        bound.insert(inbox.clone());
         state
             .queues
-            .entry(alias.to_string())
+            .entry(inbox)
             .or_insert_with(|| Queue::new(Some(INBOX_MAX_LENGTH as usize)));
         Ok(())
     }
 
     async fn unbind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
         if let Some(bound) = self.shared.state().exchanges.get_mut(room.as_str()) {
-            bound.remove(alias.as_str());
+            bound.remove(&inbox_queue(alias));
         }
         Ok(())
     }
@@ -162,42 +185,56 @@ impl Broker for MemoryBroker {
 
     async fn delete_inbox(&self, alias: &Alias) -> Result<(), BrokerError> {
         let mut state = self.shared.state();
-        if let Some(queue) = state.queues.remove(alias.as_str()) {
+        let inbox = inbox_queue(alias);
+        if let Some(queue) = state.queues.remove(&inbox) {
             queue.notify.notify_waiters();
         }
         for bound in state.exchanges.values_mut() {
-            bound.remove(alias.as_str());
+            bound.remove(&inbox);
         }
         Ok(())
     }
 
-    async fn publish(
-        &self,
-        room: &RoomName,
-        group_room: bool,
-        body: Vec<u8>,
-    ) -> Result<(), BrokerError> {
+    async fn publish(&self, room: &RoomName, body: Vec<u8>) -> Result<(), BrokerError> {
         let mut state = self.shared.state();
-        let targets: Vec<String> = if group_room {
-            match state.exchanges.get(room.as_str()) {
-                Some(bound) => bound.iter().cloned().collect(),
-                None => return Err(BrokerError::Refused(format!("no exchange {room}"))),
+        match state.queues.get_mut(room.as_str()) {
+            Some(queue) => {
+                queue.push(body);
+                Ok(())
             }
-        } else {
-            vec![room.to_string()]
+            None => Err(BrokerError::Unroutable(room.to_string())),
+        }
+    }
+
+    async fn fan_out(&self, room: &RoomName, bodies: Vec<Vec<u8>>) -> Result<(), BrokerError> {
+        self.route(room.as_str(), bodies)
+    }
+
+    async fn publish_event(&self, body: Vec<u8>) -> Result<(), BrokerError> {
+        self.shared
+            .state()
+            .exchanges
+            .entry(EVENTS_EXCHANGE.to_string())
+            .or_default();
+        self.route(EVENTS_EXCHANGE, vec![body])
+    }
+
+    async fn subscribe_events(&self) -> Result<Box<dyn DeliveryStream>, BrokerError> {
+        let name = {
+            let mut state = self.shared.state();
+            state.next_id += 1;
+            let name = format!("events.{}", state.next_id);
+            let mut queue = Queue::new(Some(EVENTS_MAX_LENGTH as usize));
+            queue.auto_delete = true;
+            state.queues.insert(name.clone(), queue);
+            state
+                .exchanges
+                .entry(EVENTS_EXCHANGE.to_string())
+                .or_default()
+                .insert(name.clone());
+            name
         };
-        let mut routed = false;
-        for target in targets {
-            if let Some(queue) = state.queues.get_mut(&target) {
-                queue.push(body.clone());
-                routed = true;
-            }
-        }
-        if routed {
-            Ok(())
-        } else {
-            Err(BrokerError::Unroutable(room.to_string()))
-        }
+        self.consume_queue(&name)
     }
 
     async fn consume(&self, room: &RoomName) -> Result<Box<dyn DeliveryStream>, BrokerError> {
@@ -205,7 +242,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn consume_inbox(&self, alias: &Alias) -> Result<Box<dyn DeliveryStream>, BrokerError> {
-        self.consume_queue(alias.as_str())
+        self.consume_queue(&inbox_queue(alias))
     }
 
     fn durable(&self) -> bool {
@@ -224,6 +261,8 @@ struct MemoryDeliveries {
     notify: Arc<Notify>,
     /// This consumer's id (also the owner recorded on its unacked messages).
     id: u64,
+    /// Messages count as settled once taken (an auto-deleted events queue).
+    auto_ack: bool,
 }
 
 impl MemoryDeliveries {
@@ -243,6 +282,13 @@ impl MemoryDeliveries {
         let Some(message) = queue.ready.pop_front() else {
             return Some(None);
         };
+        if self.auto_ack {
+            return Some(Some(Delivery::new(
+                message.body,
+                message.redelivered,
+                Box::new(AlreadyAcked),
+            )));
+        }
         queue.unacked.insert(tag, (self.id, message.clone()));
         let acker = MemoryAcker {
             shared: self.shared.clone(),
@@ -276,6 +322,13 @@ impl DeliveryStream for MemoryDeliveries {
 impl Drop for MemoryDeliveries {
     fn drop(&mut self) {
         let mut state = self.shared.state();
+        if self.auto_ack {
+            state.queues.remove(&self.queue);
+            for bound in state.exchanges.values_mut() {
+                bound.remove(&self.queue);
+            }
+            return;
+        }
         let Some(queue) = state.queues.get_mut(&self.queue) else {
             return;
         };

@@ -4,11 +4,18 @@
 //! - [`memory::MemoryBroker`]: an in-process broker with the same semantics, for the embedded
 //!   default and for tests of the layers above.
 //!
-//! Topology, the same on both (seed semantics): a group room `R` is a fanout exchange `R` with the
-//! room's queue `R` bound to it, plus one inbox queue per member alias, bound to `R`; a private
-//! room is its queue `R` alone. Publishing answers only once the broker has confirmed the message;
-//! a delivery stays unacknowledged until [`Delivery::ack`], and is redelivered if its consumer goes
-//! away first.
+//! Topology, the same on both (see the README for where it departs from the seed, and why):
+//! - a room `R` has a durable queue `R`, consumed by the service (one active consumer at a time).
+//!   Every send is published to it through the default exchange, *mandatory*: the broker confirms
+//!   a send only once queue `R` holds it, and returns it if the queue is missing;
+//! - a group room also has a fanout exchange `R`; each member alias `A` has an inbox queue
+//!   `inbox.A` bound to it. Once the room's consumer stored a batch it fans the numbered messages
+//!   out there ([`Broker::fan_out`]), so an inbox holds each message with its sequence number;
+//! - one fanout exchange, [`EVENTS_EXCHANGE`], carries cluster events; each instance reads them
+//!   from an exclusive, auto-deleted queue of its own ([`Broker::subscribe_events`]).
+//!
+//! Publishing answers only once the broker has confirmed the message; a delivery stays
+//! unacknowledged until [`Delivery::ack`], and is redelivered if its consumer goes away first.
 
 pub mod memory;
 pub mod rmq;
@@ -22,6 +29,21 @@ use crate::model::{Alias, RoomName};
 pub const INBOX_MAX_LENGTH: i64 = 10_000;
 /// How long a message waits in a member's inbox queue before the broker drops it (7 days).
 pub const INBOX_MESSAGE_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+/// The fanout exchange of cluster events. Room names cannot hold a `.`, so no room's exchange
+/// can be this one.
+pub const EVENTS_EXCHANGE: &str = "mess-chat.events";
+/// Most events an instance's events queue holds (oldest dropped first): an instance that falls
+/// this far behind catches up from the store.
+pub const EVENTS_MAX_LENGTH: i64 = 100_000;
+/// Prefix of a member's inbox queue: alias `A` reads `inbox.A`. A room's queue is named after the
+/// room and can hold no `.`, so an inbox and a room's queue are never one queue, even for a
+/// private room named after its recipient (as the course's client names them).
+pub const INBOX_PREFIX: &str = "inbox.";
+
+/// The name of `alias`'s inbox queue.
+pub fn inbox_queue(alias: &Alias) -> String {
+    format!("{INBOX_PREFIX}{alias}")
+}
 
 /// What can go wrong talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +65,7 @@ pub enum BrokerError {
 /// A message broker as the rooms need it.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Declares the room's queue (and, for a group room, its exchange and the binding). Idempotent.
+    /// Declares the room's queue (and, for a group room, its exchange). Idempotent.
     async fn declare_room(&self, room: &RoomName, group_room: bool) -> Result<(), BrokerError>;
 
     /// Declares `alias`'s inbox queue and binds it to the group room's exchange. Idempotent.
@@ -58,13 +80,20 @@ pub trait Broker: Send + Sync + 'static {
     /// Deletes an alias's inbox queue (used when cleaning up).
     async fn delete_inbox(&self, alias: &Alias) -> Result<(), BrokerError>;
 
-    /// Publishes a persistent message to the room and returns once the broker confirmed it.
-    async fn publish(
-        &self,
-        room: &RoomName,
-        group_room: bool,
-        body: Vec<u8>,
-    ) -> Result<(), BrokerError>;
+    /// Publishes a persistent message to the room's queue and returns once the broker confirmed
+    /// that the queue holds it; [`BrokerError::Unroutable`] if the queue does not exist.
+    async fn publish(&self, room: &RoomName, body: Vec<u8>) -> Result<(), BrokerError>;
+
+    /// Copies stored messages to the inboxes of a group room's members (through the room's
+    /// exchange), persistent, and returns once the broker confirmed them.
+    async fn fan_out(&self, room: &RoomName, bodies: Vec<Vec<u8>>) -> Result<(), BrokerError>;
+
+    /// Publishes a cluster event to every instance and returns once the broker confirmed it.
+    async fn publish_event(&self, body: Vec<u8>) -> Result<(), BrokerError>;
+
+    /// Starts reading cluster events from a queue of this caller's own, which exists as long as
+    /// the stream does. Deliveries need no acknowledgement.
+    async fn subscribe_events(&self) -> Result<Box<dyn DeliveryStream>, BrokerError>;
 
     /// Starts consuming the room's queue with manual acknowledgements. At most one consumer of a
     /// room queue is active at a time (single active consumer).
@@ -83,7 +112,7 @@ pub trait Broker: Send + Sync + 'static {
 
 /// The deliveries of one consumer, in queue order.
 #[async_trait]
-pub trait DeliveryStream: Send {
+pub trait DeliveryStream: Send + Sync {
     /// The next delivery; `None` once the consumer was cancelled or its connection closed.
     async fn next(&mut self) -> Option<Result<Delivery, BrokerError>>;
 
@@ -101,6 +130,21 @@ pub trait Acknowledge: Send + Sync {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
     /// The message cannot be handled (malformed): drop it without redelivery.
     async fn reject(self: Box<Self>) -> Result<(), BrokerError>;
+}
+
+/// The settlement of a delivery the broker counted as acknowledged when it sent it (a queue
+/// consumed without acknowledgements, such as an instance's cluster events).
+pub struct AlreadyAcked;
+
+#[async_trait]
+impl Acknowledge for AlreadyAcked {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn reject(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 /// One message taken off a queue, not yet acknowledged.

@@ -2,9 +2,16 @@
 //!
 //! One connection per [`RabbitBroker`], re-established on demand after it breaks (each call that
 //! finds it broken reconnects, within [`CONNECT_TIMEOUT`], so a down broker turns into a quick
-//! [`BrokerError::Unavailable`] rather than a hang). Publishing uses one channel in confirm mode,
-//! shared by every sender, so confirms are pipelined; declares use a second channel; every consumer
-//! gets a channel of its own with a prefetch window, and closing it requeues what it had not acked.
+//! [`BrokerError::Unavailable`] rather than a hang). Three shared channels, each re-opened on the
+//! same connection when the broker closed it (a refused declare closes its channel, and must not
+//! take anything else down):
+//! - `sends`: confirm mode, every room send (through the default exchange, so a missing room
+//!   exchange can never close it);
+//! - `notices`: confirm mode, cluster events and the fan-out of stored messages to inboxes;
+//! - `admin`: declares, binds and deletes.
+//!
+//! Every consumer gets a channel of its own with a prefetch window; closing it requeues what it
+//! had not acknowledged.
 
 pub mod baseline;
 
@@ -25,8 +32,8 @@ use lapin::{
 };
 
 use super::{
-    Acknowledge, Broker, BrokerError, Delivery, DeliveryStream, INBOX_MAX_LENGTH,
-    INBOX_MESSAGE_TTL_MS,
+    Acknowledge, Broker, BrokerError, Delivery, DeliveryStream, EVENTS_EXCHANGE, EVENTS_MAX_LENGTH,
+    INBOX_MAX_LENGTH, INBOX_MESSAGE_TTL_MS, inbox_queue,
 };
 use crate::model::{Alias, RoomName};
 
@@ -51,21 +58,74 @@ pub struct RabbitBroker {
     connecting: tokio::sync::Mutex<()>,
 }
 
-/// A live connection with its two shared channels.
+/// Which shared channel an operation uses.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Sends,
+    Notices,
+    Admin,
+}
+
+/// A live connection with its shared channels.
 struct Link {
     connection: Connection,
-    /// Confirm-mode channel shared by all publishers.
-    publisher: Channel,
-    /// Channel for declares, binds and deletes.
-    admin: Channel,
+    sends: Slot,
+    notices: Slot,
+    admin: Slot,
+}
+
+/// One shared channel, re-opened when the broker closed it. A std mutex: held only to clone or
+/// swap the channel.
+struct Slot {
+    channel: Mutex<Option<Channel>>,
+    /// Publisher confirms on this channel.
+    confirms: bool,
+}
+
+impl Slot {
+    fn new(channel: Channel, confirms: bool) -> Self {
+        Self {
+            channel: Mutex::new(Some(channel)),
+            confirms,
+        }
+    }
+
+    fn open(&self) -> Option<Channel> {
+        let channel = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        channel.as_ref().filter(|c| c.status().connected()).cloned()
+    }
 }
 
 impl Link {
-    fn usable(&self) -> bool {
-        self.connection.status().connected()
-            && self.publisher.status().connected()
-            && self.admin.status().connected()
+    fn slot(&self, role: Role) -> &Slot {
+        match role {
+            Role::Sends => &self.sends,
+            Role::Notices => &self.notices,
+            Role::Admin => &self.admin,
+        }
     }
+
+    /// The role's channel, opened again on this connection if the broker had closed it.
+    async fn channel(&self, role: Role) -> lapin::Result<Channel> {
+        let slot = self.slot(role);
+        if let Some(channel) = slot.open() {
+            return Ok(channel);
+        }
+        let channel = open_channel(&self.connection, slot.confirms).await?;
+        tracing::debug!(?role, "re-opened a broker channel");
+        *slot.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+async fn open_channel(connection: &Connection, confirms: bool) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    if confirms {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
+    Ok(channel)
 }
 
 impl RabbitBroker {
@@ -80,7 +140,9 @@ impl RabbitBroker {
 
     fn current(&self) -> Option<Arc<Link>> {
         let link = self.link.lock().unwrap_or_else(|e| e.into_inner());
-        link.as_ref().filter(|link| link.usable()).cloned()
+        link.as_ref()
+            .filter(|link| link.connection.status().connected())
+            .cloned()
     }
 
     /// The usable link, connecting first if there is none.
@@ -112,6 +174,15 @@ impl RabbitBroker {
         Ok(link)
     }
 
+    /// The link and one of its shared channels, within [`OPERATION_TIMEOUT`].
+    async fn channel(&self, role: Role) -> Result<(Arc<Link>, Channel), BrokerError> {
+        let link = self.link().await?;
+        let channel = bounded(link.channel(role))
+            .await?
+            .map_err(|e| self.error(&link, e))?;
+        Ok((link, channel))
+    }
+
     /// Turns a lapin error into ours: a broken connection is `Unavailable`, anything else is the
     /// broker refusing the operation.
     fn error(&self, link: &Link, err: lapin::Error) -> BrokerError {
@@ -120,6 +191,79 @@ impl RabbitBroker {
         } else {
             BrokerError::Unavailable(err.to_string())
         }
+    }
+
+    /// Runs an operation on the admin channel within [`OPERATION_TIMEOUT`].
+    async fn admin<T, F, Fut>(&self, operation: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = lapin::Result<T>>,
+    {
+        let (link, channel) = self.channel(Role::Admin).await?;
+        bounded(operation(channel))
+            .await?
+            .map_err(|e| self.error(&link, e))
+    }
+
+    /// Publishes persistent messages on a confirm channel and waits for every confirm. With
+    /// `mandatory`, a message the broker could not route to any queue is
+    /// [`BrokerError::Unroutable`].
+    async fn publish_confirmed(
+        &self,
+        role: Role,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<(), BrokerError> {
+        let (link, channel) = self.channel(role).await?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let confirmed = async {
+            let mut pending = Vec::with_capacity(bodies.len());
+            for body in &bodies {
+                pending.push(
+                    channel
+                        .basic_publish(
+                            exchange.into(),
+                            routing_key.into(),
+                            options,
+                            body,
+                            properties.clone(),
+                        )
+                        .await?,
+                );
+            }
+            let mut confirmations = Vec::with_capacity(pending.len());
+            for confirm in pending {
+                confirmations.push(confirm.await?);
+            }
+            Ok::<_, lapin::Error>(confirmations)
+        };
+        let confirmations = tokio::time::timeout(CONFIRM_TIMEOUT, confirmed)
+            .await
+            .map_err(|_| BrokerError::Unavailable("timed out waiting for the confirm".into()))?
+            .map_err(|e| self.error(&link, e))?;
+        for confirmation in confirmations {
+            match confirmation {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(_returned)) => {
+                    return Err(BrokerError::Unroutable(routing_key.to_string()));
+                }
+                Confirmation::Nack(_) => return Err(BrokerError::Nacked),
+                Confirmation::NotRequested => {
+                    return Err(BrokerError::Refused(
+                        "publisher confirms are off on the publishing channel".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -135,15 +279,22 @@ async fn bounded<T>(
 async fn connect(url: &str) -> lapin::Result<Link> {
     let properties = ConnectionProperties::default().with_connection_name("mess-chat".into());
     let connection = Connection::connect(url, properties).await?;
-    let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
+    let admin = open_channel(&connection, false).await?;
+    admin
+        .exchange_declare(
+            EVENTS_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
         .await?;
-    let admin = connection.create_channel().await?;
+    let sends = open_channel(&connection, true).await?;
+    let notices = open_channel(&connection, true).await?;
     Ok(Link {
         connection,
-        publisher,
-        admin,
+        sends: Slot::new(sends, true),
+        notices: Slot::new(notices, true),
+        admin: Slot::new(admin, false),
     })
 }
 
@@ -151,6 +302,13 @@ fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
+    }
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
     }
 }
 
@@ -176,71 +334,57 @@ fn inbox_queue_arguments() -> FieldTable {
 #[async_trait]
 impl Broker for RabbitBroker {
     async fn declare_room(&self, room: &RoomName, group_room: bool) -> Result<(), BrokerError> {
-        let link = self.link().await?;
-        let ch = &link.admin;
         let name = room.as_str();
-        let result = async {
+        self.admin(|ch| async move {
             ch.queue_declare(name.into(), durable(), room_queue_arguments())
                 .await?;
             if group_room {
-                let options = ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                };
                 ch.exchange_declare(
                     name.into(),
                     ExchangeKind::Fanout,
-                    options,
-                    FieldTable::default(),
-                )
-                .await?;
-                ch.queue_bind(
-                    name.into(),
-                    name.into(),
-                    "".into(),
-                    QueueBindOptions::default(),
+                    durable_exchange(),
                     FieldTable::default(),
                 )
                 .await?;
             }
             Ok(())
-        };
-        bounded(result).await?.map_err(|e| self.error(&link, e))
+        })
+        .await
     }
 
     async fn bind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
-        let link = self.link().await?;
-        let ch = &link.admin;
-        let result = async {
-            ch.queue_declare(alias.as_str().into(), durable(), inbox_queue_arguments())
+        let inbox = inbox_queue(alias);
+        self.admin(|ch| async move {
+            ch.queue_declare(inbox.as_str().into(), durable(), inbox_queue_arguments())
                 .await?;
             ch.queue_bind(
-                alias.as_str().into(),
+                inbox.as_str().into(),
                 room.as_str().into(),
                 "".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await
-        };
-        bounded(result).await?.map_err(|e| self.error(&link, e))
+        })
+        .await
     }
 
     async fn unbind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
-        let link = self.link().await?;
-        let unbind = link.admin.queue_unbind(
-            alias.as_str().into(),
-            room.as_str().into(),
-            "".into(),
-            FieldTable::default(),
-        );
-        bounded(unbind).await?.map_err(|e| self.error(&link, e))
+        let inbox = inbox_queue(alias);
+        self.admin(|ch| async move {
+            ch.queue_unbind(
+                inbox.as_str().into(),
+                room.as_str().into(),
+                "".into(),
+                FieldTable::default(),
+            )
+            .await
+        })
+        .await
     }
 
     async fn delete_room(&self, room: &RoomName, group_room: bool) -> Result<(), BrokerError> {
-        let link = self.link().await?;
-        let ch = &link.admin;
-        let result = async {
+        self.admin(|ch| async move {
             ch.queue_delete(room.as_str().into(), QueueDeleteOptions::default())
                 .await?;
             if group_room {
@@ -248,64 +392,80 @@ impl Broker for RabbitBroker {
                     .await?;
             }
             Ok(())
-        };
-        bounded(result).await?.map_err(|e| self.error(&link, e))
+        })
+        .await
     }
 
     async fn delete_inbox(&self, alias: &Alias) -> Result<(), BrokerError> {
-        let link = self.link().await?;
-        let delete = link
-            .admin
-            .queue_delete(alias.as_str().into(), QueueDeleteOptions::default());
-        bounded(delete)
-            .await?
-            .map(|_| ())
-            .map_err(|e| self.error(&link, e))
+        let inbox = inbox_queue(alias);
+        self.admin(|ch| async move {
+            ch.queue_delete(inbox.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
-    async fn publish(
-        &self,
-        room: &RoomName,
-        group_room: bool,
-        body: Vec<u8>,
-    ) -> Result<(), BrokerError> {
-        let link = self.link().await?;
-        // A group room publishes to its exchange; a private room to its queue by name.
-        let (exchange, routing_key) = if group_room {
-            (room.as_str(), "")
-        } else {
-            ("", room.as_str())
-        };
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirmed = async {
-            link.publisher
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    options,
-                    &body,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirmed)
+    async fn publish(&self, room: &RoomName, body: Vec<u8>) -> Result<(), BrokerError> {
+        self.publish_confirmed(Role::Sends, "", room.as_str(), true, vec![body])
             .await
-            .map_err(|_| BrokerError::Unavailable("timed out waiting for the confirm".into()))?
-            .map_err(|e| self.error(&link, e))?;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_returned)) => Err(BrokerError::Unroutable(room.to_string())),
-            Confirmation::Nack(_) => Err(BrokerError::Nacked),
-            Confirmation::NotRequested => Err(BrokerError::Refused(
-                "publisher confirms are off on the publishing channel".into(),
-            )),
+    }
+
+    async fn fan_out(&self, room: &RoomName, bodies: Vec<Vec<u8>>) -> Result<(), BrokerError> {
+        self.publish_confirmed(Role::Notices, room.as_str(), "", false, bodies)
+            .await
+    }
+
+    async fn publish_event(&self, body: Vec<u8>) -> Result<(), BrokerError> {
+        self.publish_confirmed(Role::Notices, EVENTS_EXCHANGE, "", false, vec![body])
+            .await
+    }
+
+    async fn subscribe_events(&self) -> Result<Box<dyn DeliveryStream>, BrokerError> {
+        let link = self.link().await?;
+        let result = async {
+            let channel = link.connection.create_channel().await?;
+            let options = QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            };
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(EVENTS_MAX_LENGTH),
+            );
+            let queue = channel.queue_declare("".into(), options, args).await?;
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    EVENTS_EXCHANGE.into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let no_ack = BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            };
+            let consumer = channel
+                .basic_consume(
+                    queue.name().clone(),
+                    "".into(),
+                    no_ack,
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(RabbitDeliveries {
+                consumer,
+                channel,
+                auto_ack: true,
+            })
+        };
+        match bounded(result).await? {
+            Ok(deliveries) => Ok(Box::new(deliveries)),
+            Err(e) => Err(self.error(&link, e)),
         }
     }
 
@@ -314,7 +474,7 @@ impl Broker for RabbitBroker {
     }
 
     async fn consume_inbox(&self, alias: &Alias) -> Result<Box<dyn DeliveryStream>, BrokerError> {
-        self.consume_queue(alias.as_str()).await
+        self.consume_queue(&inbox_queue(alias)).await
     }
 
     fn durable(&self) -> bool {
@@ -343,7 +503,11 @@ impl RabbitBroker {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok(RabbitDeliveries { consumer, channel })
+            Ok(RabbitDeliveries {
+                consumer,
+                channel,
+                auto_ack: false,
+            })
         };
         match bounded(result).await? {
             Ok(deliveries) => Ok(Box::new(deliveries)),
@@ -356,6 +520,8 @@ impl RabbitBroker {
 struct RabbitDeliveries {
     consumer: Consumer,
     channel: Channel,
+    /// The broker considers each delivery acknowledged as it sends it (cluster events).
+    auto_ack: bool,
 }
 
 #[async_trait]
@@ -369,7 +535,11 @@ impl DeliveryStream for RabbitDeliveries {
             Ok(delivery) => delivery,
             Err(e) => return Some(Err(BrokerError::Unavailable(e.to_string()))),
         };
-        let acker = Box::new(RabbitAcker(delivery.acker));
+        let acker: Box<dyn Acknowledge> = if self.auto_ack {
+            Box::new(super::AlreadyAcked)
+        } else {
+            Box::new(RabbitAcker(delivery.acker))
+        };
         Some(Ok(Delivery::new(
             delivery.data,
             delivery.redelivered,

@@ -23,6 +23,10 @@ pub struct RoomMeta {
     pub create_time: DateTime<Utc>,
     /// When the room last changed (members or messages).
     pub modify_time: DateTime<Utc>,
+    /// How many times the membership changed: of two copies of a room's metadata, the one with
+    /// the higher version is the newer (instances hear changes in no particular order).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// The room list's own metadata: its name and the names of its rooms.

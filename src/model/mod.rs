@@ -1,10 +1,12 @@
 //! The data model: names, messages, room metadata and registered users. Pure data with serde derives; no I/O.
 
+mod event;
 mod message;
 mod meta;
 mod names;
 mod user;
 
+pub use event::{ClusterEvent, EventEnvelope};
 pub use message::{
     ChatMessage, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MESS_TYPE_RECEIVED, MESS_TYPE_SENT,
     MessageProperties, MessageType, idempotent_id, now,

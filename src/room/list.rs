@@ -1,5 +1,7 @@
-//! `RoomList`: the named list of rooms. `persist` and `restore` handle the list's own metadata,
-//! then every room's.
+//! `RoomList`: the named list of rooms. In memory it holds the rooms this instance has loaded; in
+//! the store, the names of every room of the deployment, changed one name at a time by atomic
+//! writes so that instances never overwrite each other. `persist` and `restore` handle the list's
+//! own metadata, then every room's.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +26,7 @@ pub struct RoomList {
 }
 
 struct ListState {
+    /// The rooms loaded in this instance.
     rooms: BTreeMap<RoomName, ChatRoom>,
     create_time: DateTime<Utc>,
     modify_time: DateTime<Utc>,
@@ -71,6 +74,17 @@ impl RoomList {
         true
     }
 
+    /// Adds a room unless one of that name is loaded already; returns the one the list holds.
+    pub fn add_or_get(&self, room: ChatRoom) -> ChatRoom {
+        let mut state = self.state();
+        if let Some(existing) = state.rooms.get(room.name()) {
+            return existing.clone();
+        }
+        state.rooms.insert(room.name().clone(), room.clone());
+        state.modify_time = now();
+        room
+    }
+
     /// Removes and returns the room with this name.
     pub fn remove(&self, name: &RoomName) -> Option<ChatRoom> {
         let mut state = self.state();
@@ -81,17 +95,17 @@ impl RoomList {
         removed
     }
 
-    /// The room with this name.
+    /// The loaded room with this name.
     pub fn find(&self, name: &RoomName) -> Option<ChatRoom> {
         self.state().rooms.get(name).cloned()
     }
 
-    /// Every room, in name order.
+    /// Every loaded room, in name order.
     pub fn rooms(&self) -> Vec<ChatRoom> {
         self.state().rooms.values().cloned().collect()
     }
 
-    /// The list's metadata document.
+    /// The list's metadata document, naming the loaded rooms.
     pub fn meta(&self) -> RoomListMeta {
         let state = self.state();
         RoomListMeta {
@@ -102,12 +116,29 @@ impl RoomList {
         }
     }
 
-    /// Saves the list's own metadata only (its name and room names).
+    /// Records one new room in the stored list (an atomic add; the list is created if need be).
+    pub async fn register(&self, room: &RoomName) -> Result<(), RoomError> {
+        Ok(self.store.add_to_room_list(&self.name, room).await?)
+    }
+
+    /// Removes one room from the stored list (an atomic removal).
+    pub async fn unregister(&self, room: &RoomName) -> Result<(), RoomError> {
+        Ok(self.store.remove_from_room_list(&self.name, room).await?)
+    }
+
+    /// The names of every room in the stored list (all instances' rooms).
+    pub async fn stored_names(&self) -> Result<Vec<RoomName>, RoomError> {
+        let meta = self.store.load_room_list(&self.name).await?;
+        Ok(meta.map(|m| m.rooms).unwrap_or_default())
+    }
+
+    /// Saves the list's own metadata: creates it if need be and adds the loaded rooms' names,
+    /// never removing a name another instance added.
     pub async fn persist_meta(&self) -> Result<(), RoomError> {
         Ok(self.store.save_room_list(&self.meta()).await?)
     }
 
-    /// Saves the list's metadata, then every room (rooms with nothing dirty cost nothing).
+    /// Saves the list's metadata, then every loaded room's.
     pub async fn persist(&self) -> Result<(), RoomError> {
         self.persist_meta().await?;
         for room in self.rooms() {
@@ -128,26 +159,20 @@ impl RoomList {
             state.modify_time = meta.modify_time;
         }
         for name in meta.rooms {
-            let room = ChatRoom::new(
-                name.clone(),
-                false,
-                placeholder_owner(),
-                None,
+            let Some(room_meta) = self.store.load_room(&name).await? else {
+                tracing::warn!(room = %name, "room list names a room the store does not have");
+                continue;
+            };
+            let room = ChatRoom::from_meta(
+                room_meta,
                 self.broker.clone(),
                 self.store.clone(),
                 self.capacity,
             );
             if room.restore().await? {
                 self.state().rooms.insert(name, room);
-            } else {
-                tracing::warn!(room = %name, "room list names a room the store does not have");
             }
         }
         Ok(())
     }
-}
-
-/// Owner of a room object before `restore` fills in the stored one.
-fn placeholder_owner() -> crate::model::Alias {
-    crate::model::Alias::new("restoring").expect("a valid alias")
 }

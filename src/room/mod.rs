@@ -1,20 +1,24 @@
 //! `ChatRoom`: one room's message cache (a deque), its metadata and membership, and the methods
 //! that hide the broker and the store behind the seed's names.
 //!
-//! A `ChatRoom` is a cheap-to-clone handle: the HTTP handlers send through it while the room's
-//! consumer ([`retrieve`]) fills its cache. The deque's *left* end holds the newest message: `put`
-//! pushes there and `get` takes the oldest from the *right*, as in the seed; the cache keeps at
-//! most `capacity` messages and the store keeps them all.
+//! A `ChatRoom` is one instance's cheap-to-clone handle on a room whose truth is in the store: its
+//! cache holds a contiguous run of the newest stored messages, fed in sequence order by
+//! [`ChatRoom::apply`] (from the cluster events of whichever instance numbers the room), and its
+//! metadata is refreshed from the store whenever it changes. The deque's *left* end holds the
+//! newest message: `put` pushes there and `get` takes the oldest from the *right*, as in the seed;
+//! the cache keeps at most `capacity` messages and the store keeps them all.
+//!
+//! The room's consumer, which numbers and stores its messages, is [`retrieve`]'s
+//! `retrieve_messages`; the room list is [`RoomList`].
 
 mod list;
-mod retrieve;
+pub mod retrieve;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{broadcast, oneshot};
-use uuid::Uuid;
+use tokio::sync::broadcast;
 
 pub use list::RoomList;
 
@@ -24,7 +28,7 @@ use crate::model::{
 };
 use crate::store::{Store, StoreError};
 
-/// Messages a live subscriber may fall behind before it must catch up from the store.
+/// Updates a live subscriber may fall behind before it must catch up from the store.
 pub const LIVE_BUFFER: usize = 1024;
 
 /// What a room operation can fail with.
@@ -44,6 +48,9 @@ pub enum RoomError {
     /// The owner of a room cannot leave it.
     #[error("{0} owns the room and cannot leave it")]
     OwnerCannotLeave(Alias),
+    /// The room is no longer in the store (deleted meanwhile).
+    #[error("room {0} does not exist")]
+    Gone(RoomName),
     /// A message must have some text.
     #[error("message must not be empty")]
     EmptyMessage,
@@ -70,6 +77,28 @@ pub enum RoomMessages {
     Texts(Vec<String>),
 }
 
+/// What a room's live subscribers hear, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomUpdate {
+    /// The next stored message (sequence numbers increase by one, unless the cache had to start
+    /// over after a gap it could not fill: subscribers then catch up from the store).
+    Message(ChatMessage),
+    /// The members changed; here they are now.
+    Members(Vec<Alias>),
+    /// The room was deleted: nothing more will come.
+    Deleted,
+}
+
+/// Stored messages handed to [`ChatRoom::apply`] do not follow on from the cache: the messages
+/// numbered `after + 1 ..= before - 1` must be read from the store first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The last message the cache holds.
+    pub after: u64,
+    /// The first message offered.
+    pub before: u64,
+}
+
 /// A chat room: a bounded deque of messages plus metadata, backed by a broker and a store.
 #[derive(Clone)]
 pub struct ChatRoom {
@@ -85,9 +114,9 @@ struct Inner {
     store: Arc<dyn Store>,
     /// Everything that changes. A std mutex: held for short sync sections, never across `.await`.
     state: Mutex<State>,
-    /// Stored messages, in order, for live subscribers; made by the first subscriber, so a room
-    /// nobody watches costs nothing (a channel preallocates its whole buffer).
-    live: OnceLock<broadcast::Sender<ChatMessage>>,
+    /// Stored messages and membership changes, in order, for live subscribers; made by the first
+    /// subscriber, so a room nobody watches costs nothing (a channel preallocates its buffer).
+    live: OnceLock<broadcast::Sender<RoomUpdate>>,
 }
 
 struct State {
@@ -100,11 +129,11 @@ struct State {
     dirty: bool,
     create_time: DateTime<Utc>,
     modify_time: DateTime<Utc>,
-    /// Highest sequence number handed out; the next message gets one more.
+    /// The sequence number of the newest stored message this room object knows of (the cache's
+    /// newest, once it holds any).
     last_sequence: u64,
-    /// Senders waiting to learn that their message (by id) was stored; several when a client
-    /// retries with one idempotency key while the first attempt still waits.
-    waiters: HashMap<Uuid, Vec<oneshot::Sender<ChatMessage>>>,
+    /// The version of the metadata held (see [`RoomMeta::version`]).
+    version: u64,
 }
 
 impl ChatRoom {
@@ -122,20 +151,41 @@ impl ChatRoom {
         let created = now();
         let mut members = BTreeSet::from([owner_alias.clone()]);
         members.extend(other_member);
-        let state = State {
-            cache: VecDeque::new(),
+        let meta = RoomMeta {
+            name,
             group_room,
             owner_alias,
-            members,
-            dirty: true,
+            members: members.into_iter().collect(),
             create_time: created,
             modify_time: created,
+            version: 0,
+        };
+        let room = Self::from_meta(meta, broker, store, capacity);
+        room.state().dirty = true;
+        room
+    }
+
+    /// A room object for stored metadata, with an empty cache (see [`ChatRoom::restore`]).
+    pub fn from_meta(
+        meta: RoomMeta,
+        broker: Arc<dyn Broker>,
+        store: Arc<dyn Store>,
+        capacity: usize,
+    ) -> Self {
+        let state = State {
+            cache: VecDeque::new(),
+            group_room: meta.group_room,
+            owner_alias: meta.owner_alias,
+            members: meta.members.into_iter().collect(),
+            dirty: false,
+            create_time: meta.create_time,
+            modify_time: meta.modify_time,
             last_sequence: 0,
-            waiters: HashMap::new(),
+            version: meta.version,
         };
         Self {
             inner: Arc::new(Inner {
-                name,
+                name: meta.name,
                 capacity: capacity.max(1),
                 broker,
                 store,
@@ -169,7 +219,7 @@ impl ChatRoom {
         self.state().members.iter().cloned().collect()
     }
 
-    /// Whether `alias` is a member.
+    /// Whether `alias` is a member (as this room object last heard).
     pub fn is_member(&self, alias: &Alias) -> bool {
         self.state().members.contains(alias)
     }
@@ -189,7 +239,7 @@ impl ChatRoom {
         self.state().modify_time
     }
 
-    /// The highest sequence number handed out so far.
+    /// The sequence number of the newest stored message this room object knows of.
     pub fn last_sequence(&self) -> u64 {
         self.state().last_sequence
     }
@@ -204,6 +254,30 @@ impl ChatRoom {
             members: state.members.iter().cloned().collect(),
             create_time: state.create_time,
             modify_time: state.modify_time,
+            version: state.version,
+        }
+    }
+
+    /// Takes the metadata as stored after a change (on any instance), unless this room holds a
+    /// newer version already; tells live subscribers if the members changed.
+    pub fn set_meta(&self, meta: RoomMeta) {
+        let members: BTreeSet<Alias> = meta.members.into_iter().collect();
+        let changed = {
+            let mut state = self.state();
+            if meta.version < state.version {
+                return;
+            }
+            state.version = meta.version;
+            let changed = state.members != members;
+            state.group_room = meta.group_room;
+            state.owner_alias = meta.owner_alias;
+            state.members = members.clone();
+            state.create_time = meta.create_time;
+            state.modify_time = state.modify_time.max(meta.modify_time);
+            changed
+        };
+        if changed {
+            self.tell(RoomUpdate::Members(members.into_iter().collect()));
         }
     }
 
@@ -220,14 +294,13 @@ impl ChatRoom {
     }
 
     /// Puts a message at the left (newest) end, dropping the oldest beyond the capacity.
+    /// (The service's caches are fed by [`ChatRoom::apply`], which keeps them in sequence order;
+    /// `put` is the seed's plain deque operation and stores nothing.)
     pub fn put(&self, message: ChatMessage) {
         let mut state = self.state();
         state.modify_time = now();
         state.dirty = true;
-        state.cache.push_front(message);
-        while state.cache.len() > self.inner.capacity {
-            state.cache.pop_back();
-        }
+        push_newest(&mut state.cache, message, self.inner.capacity);
     }
 
     /// Takes the next message from the right (oldest) end.
@@ -261,27 +334,88 @@ impl ChatRoom {
         self.state().cache.iter().rev().cloned().collect()
     }
 
+    /// Feeds stored messages to the cache and the live subscribers, in sequence order: those at
+    /// or below [`ChatRoom::last_sequence`] are already known and skipped; the rest must follow on
+    /// without a gap, else nothing is taken and the [`Gap`] says what to read from the store
+    /// first. Returns how many messages were new.
+    pub fn apply(&self, messages: &[ChatMessage]) -> Result<usize, Gap> {
+        let mut fresh: Vec<&ChatMessage> = messages.iter().filter(|m| sequence(m) > 0).collect();
+        fresh.sort_by_key(|m| sequence(m));
+        fresh.dedup_by_key(|m| sequence(m));
+        let applied: Vec<ChatMessage> = {
+            let mut state = self.state();
+            fresh.retain(|m| sequence(m) > state.last_sequence);
+            let Some(first) = fresh.first() else {
+                return Ok(0);
+            };
+            if sequence(first) != state.last_sequence + 1 {
+                return Err(Gap {
+                    after: state.last_sequence,
+                    before: sequence(first),
+                });
+            }
+            let mut applied = Vec::with_capacity(fresh.len());
+            for message in fresh {
+                if sequence(message) != state.last_sequence + 1 {
+                    // A hole inside the batch: take what follows on; the rest comes again.
+                    break;
+                }
+                state.last_sequence += 1;
+                let when = message
+                    .mess_props
+                    .rec_time
+                    .unwrap_or(message.mess_props.sent_time);
+                state.modify_time = state.modify_time.max(when);
+                let mut message = message.clone();
+                message.dirty = false;
+                push_newest(&mut state.cache, message.clone(), self.inner.capacity);
+                applied.push(message);
+            }
+            applied
+        };
+        let count = applied.len();
+        for message in applied {
+            self.tell(RoomUpdate::Message(message));
+        }
+        Ok(count)
+    }
+
+    /// Starts the cache over just before `sequence_number` (after a gap that could not be read
+    /// from the store): the cache empties, and [`ChatRoom::apply`] takes `sequence_number` next.
+    /// Live subscribers notice the jump and catch up from the store themselves.
+    pub fn restart_at(&self, sequence_number: u64) {
+        let mut state = self.state();
+        state.cache.clear();
+        state.last_sequence = sequence_number.saturating_sub(1);
+    }
+
     // ----- membership -----
 
-    /// Adds `alias` to a group room and binds its inbox queue to the room's exchange.
-    /// Returns `false` if it already was a member.
+    /// Adds `alias` to a group room: first in the store (an atomic add, so every instance sees
+    /// it), then on the broker (its inbox bound to the room's exchange); if the broker fails, the
+    /// store change is undone, so a refusal changes nothing. Returns `false` if it already was a
+    /// member.
     pub async fn add_group_member(&self, alias: &Alias) -> Result<bool, RoomError> {
         if !self.group_room() {
             return Err(RoomError::NotAGroupRoom(self.inner.name.clone()));
         }
-        if self.is_member(alias) {
-            return Ok(false);
+        let store = &self.inner.store;
+        let change = store
+            .add_member(&self.inner.name, alias)
+            .await?
+            .ok_or_else(|| RoomError::Gone(self.inner.name.clone()))?;
+        if let Err(e) = self.inner.broker.bind_member(&self.inner.name, alias).await {
+            if change.changed {
+                self.undo(store.remove_member(&self.inner.name, alias).await);
+            }
+            return Err(e.into());
         }
-        self.inner
-            .broker
-            .bind_member(&self.inner.name, alias)
-            .await?;
-        self.change(|state| state.members.insert(alias.clone()));
-        self.persist().await?;
-        Ok(true)
+        self.set_meta(change.meta);
+        Ok(change.changed)
     }
 
-    /// Removes `alias` from a group room and unbinds its inbox queue. The owner cannot leave.
+    /// Removes `alias` from a group room: first in the store, then its inbox's binding on the
+    /// broker; if the broker fails, the store change is undone. The owner cannot leave.
     pub async fn remove_group_member(&self, alias: &Alias) -> Result<(), RoomError> {
         if !self.group_room() {
             return Err(RoomError::NotAGroupRoom(self.inner.name.clone()));
@@ -289,30 +423,36 @@ impl ChatRoom {
         if &self.owner_alias() == alias {
             return Err(RoomError::OwnerCannotLeave(alias.clone()));
         }
-        if !self.is_member(alias) {
-            return Err(self.not_a_member(alias));
+        let store = &self.inner.store;
+        let change = store
+            .remove_member(&self.inner.name, alias)
+            .await?
+            .ok_or_else(|| RoomError::Gone(self.inner.name.clone()))?;
+        if !change.changed {
+            self.set_meta(change.meta);
+            return Err(RoomError::NotAMember {
+                room: self.inner.name.clone(),
+                alias: alias.clone(),
+            });
         }
-        self.inner
+        if let Err(e) = self
+            .inner
             .broker
             .unbind_member(&self.inner.name, alias)
-            .await?;
-        self.change(|state| state.members.remove(alias));
-        self.persist().await?;
+            .await
+        {
+            self.undo(store.add_member(&self.inner.name, alias).await);
+            return Err(e.into());
+        }
+        self.set_meta(change.meta);
         Ok(())
     }
 
-    fn change<T>(&self, edit: impl FnOnce(&mut State) -> T) -> T {
-        let mut state = self.state();
-        let result = edit(&mut state);
-        state.dirty = true;
-        state.modify_time = now();
-        result
-    }
-
-    fn not_a_member(&self, alias: &Alias) -> RoomError {
-        RoomError::NotAMember {
-            room: self.inner.name.clone(),
-            alias: alias.clone(),
+    /// Logs an undo that failed: the store then keeps a change the caller was told failed.
+    fn undo<T>(&self, result: Result<T, StoreError>) {
+        if let Err(e) = result {
+            tracing::error!(room = %self.inner.name, error = %e,
+                "could not undo a membership change after the broker failed");
         }
     }
 
@@ -321,22 +461,14 @@ impl ChatRoom {
     /// Declares the room's broker topology: its queue, and for a group room its exchange and
     /// every member's bound inbox. Idempotent.
     pub async fn declare(&self) -> Result<(), RoomError> {
-        let (group_room, members) = {
-            let state = self.state();
-            (state.group_room, state.members.clone())
-        };
-        let broker = &self.inner.broker;
-        broker.declare_room(&self.inner.name, group_room).await?;
-        if group_room {
-            for alias in &members {
-                broker.bind_member(&self.inner.name, alias).await?;
-            }
-        }
+        let meta = self.meta();
+        declare_topology(self.inner.broker.as_ref(), &meta).await?;
         Ok(())
     }
 
-    /// Publishes a message to the room and returns it once the broker confirmed it.
-    /// The sender must be a member; the room's consumer will number and store it.
+    /// Publishes a message to the room's queue and returns it once the broker confirmed that
+    /// the queue holds it. The sender must be a member; the room's consumer will number and
+    /// store it.
     pub async fn send_message(
         &self,
         message: String,
@@ -352,85 +484,32 @@ impl ChatRoom {
             return Err(RoomError::WrongRoom(mess_props.room_name));
         }
         if !self.is_member(&mess_props.from_user) {
-            return Err(self.not_a_member(&mess_props.from_user));
+            return Err(RoomError::NotAMember {
+                room: self.inner.name.clone(),
+                alias: mess_props.from_user,
+            });
         }
         let message = ChatMessage::new(message, mess_props);
         let body = serde_json::to_vec(&message).expect("a ChatMessage always serialises");
-        let group_room = self.group_room();
-        self.inner
-            .broker
-            .publish(&self.inner.name, group_room, body)
-            .await?;
+        self.inner.broker.publish(&self.inner.name, body).await?;
         Ok(message)
-    }
-
-    /// Registers interest in the message with `id`: the receiver gets it once it is stored.
-    pub fn register_waiter(&self, id: Uuid) -> oneshot::Receiver<ChatMessage> {
-        let (tx, rx) = oneshot::channel();
-        self.state().waiters.entry(id).or_default().push(tx);
-        rx
-    }
-
-    /// Drops the interest of senders that gave up on a message (failed send or timeout).
-    pub fn forget_waiter(&self, id: &Uuid) {
-        let mut state = self.state();
-        if let Some(waiting) = state.waiters.get_mut(id) {
-            waiting.retain(|tx| !tx.is_closed());
-            if waiting.is_empty() {
-                state.waiters.remove(id);
-            }
-        }
     }
 
     // ----- store -----
 
-    /// Saves the metadata if it changed, and every dirty cached message (numbering any that have
-    /// no sequence number yet).
+    /// Saves the room's metadata (creating the room in the store if it is not there). Messages
+    /// are stored only by the room's consumer, which numbers them; membership changes are saved
+    /// as they happen.
     pub async fn persist(&self) -> Result<(), RoomError> {
-        let (meta, dirty_messages) = {
-            let mut state = self.state();
-            let meta = state.dirty.then(|| RoomMeta {
-                name: self.inner.name.clone(),
-                group_room: state.group_room,
-                owner_alias: state.owner_alias.clone(),
-                members: state.members.iter().cloned().collect(),
-                create_time: state.create_time,
-                modify_time: state.modify_time,
-            });
-            let mut next = state.last_sequence;
-            let mut dirty = Vec::new();
-            for message in state.cache.iter_mut().rev().filter(|m| m.dirty) {
-                if message.mess_props.sequence_number.is_none() {
-                    next += 1;
-                    message.mess_props.sequence_number = Some(next);
-                }
-                dirty.push(message.clone());
-            }
-            state.last_sequence = next;
-            (meta, dirty)
-        };
-        let store = &self.inner.store;
-        if let Some(meta) = meta {
-            store.save_room(&meta).await?;
-            self.state().dirty = false;
-        }
-        for message in &dirty_messages {
-            store.insert_message(message).await?;
-            let mut state = self.state();
-            if let Some(cached) = state
-                .cache
-                .iter_mut()
-                .find(|m| m.mess_props.id == message.mess_props.id)
-            {
-                cached.dirty = false;
-            }
-        }
+        let meta = self.meta();
+        self.inner.store.save_room(&meta).await?;
+        self.state().dirty = false;
         Ok(())
     }
 
     /// Loads the room from the store: metadata, the newest `capacity` messages into the cache,
-    /// and the sequence counter. Returns `false` (and changes nothing) if the store has no such
-    /// room.
+    /// and the last sequence number. Returns `false` (and changes nothing) if the store has no
+    /// such room.
     pub async fn restore(&self) -> Result<bool, RoomError> {
         let store = &self.inner.store;
         let Some(meta) = store.load_room(&self.inner.name).await? else {
@@ -439,16 +518,23 @@ impl ChatRoom {
         let latest = store
             .latest_messages(&self.inner.name, self.inner.capacity)
             .await?;
-        let last_sequence = store.last_sequence(&self.inner.name).await?;
-        let mut state = self.state();
-        state.group_room = meta.group_room;
-        state.owner_alias = meta.owner_alias;
-        state.members = meta.members.into_iter().collect();
-        state.create_time = meta.create_time;
-        state.modify_time = meta.modify_time;
-        state.dirty = false;
-        state.cache = latest.into_iter().rev().collect();
-        state.last_sequence = last_sequence;
+        let last_sequence = latest.last().map(sequence).unwrap_or(0);
+        // The stored metadata moves with membership; messages move the room's time too.
+        let newest = latest
+            .last()
+            .map(|m| m.mess_props.rec_time.unwrap_or(m.mess_props.sent_time));
+        {
+            let mut state = self.state();
+            state.group_room = meta.group_room;
+            state.owner_alias = meta.owner_alias;
+            state.members = meta.members.into_iter().collect();
+            state.version = meta.version;
+            state.create_time = meta.create_time;
+            state.modify_time = newest.map_or(meta.modify_time, |t| t.max(meta.modify_time));
+            state.dirty = false;
+            state.cache = latest.into_iter().rev().collect();
+            state.last_sequence = last_sequence;
+        }
         Ok(true)
     }
 
@@ -465,33 +551,6 @@ impl ChatRoom {
             .await?)
     }
 
-    /// Up to `limit` stored messages containing `needle`, newest first.
-    pub async fn search(&self, needle: &str, limit: usize) -> Result<Vec<ChatMessage>, RoomError> {
-        Ok(self
-            .inner
-            .store
-            .search_messages(&self.inner.name, needle, limit)
-            .await?)
-    }
-
-    /// A feed of the room's messages as they are stored, in order, from now on. A receiver that
-    /// falls more than [`LIVE_BUFFER`] messages behind gets `Lagged` and should catch up from the
-    /// store.
-    pub fn subscribe(&self) -> broadcast::Receiver<ChatMessage> {
-        self.inner
-            .live
-            .get_or_init(|| broadcast::channel(LIVE_BUFFER).0)
-            .subscribe()
-    }
-
-    /// Hands a stored message to the live subscribers, if any.
-    fn publish_live(&self, message: &ChatMessage) {
-        if let Some(live) = self.inner.live.get() {
-            // No receiver left is fine.
-            let _ = live.send(message.clone());
-        }
-    }
-
     /// Up to `limit` stored messages numbered below `before`, oldest first.
     pub async fn messages_before(
         &self,
@@ -504,6 +563,62 @@ impl ChatRoom {
             .messages_before(&self.inner.name, before, limit)
             .await?)
     }
+
+    /// Up to `limit` stored messages containing `needle`, newest first.
+    pub async fn search(&self, needle: &str, limit: usize) -> Result<Vec<ChatMessage>, RoomError> {
+        Ok(self
+            .inner
+            .store
+            .search_messages(&self.inner.name, needle, limit)
+            .await?)
+    }
+
+    // ----- live subscribers -----
+
+    /// A feed of the room's stored messages (and membership changes) from now on, in order. A
+    /// receiver that falls more than [`LIVE_BUFFER`] updates behind gets `Lagged` and should
+    /// catch up from the store.
+    pub fn subscribe(&self) -> broadcast::Receiver<RoomUpdate> {
+        self.inner
+            .live
+            .get_or_init(|| broadcast::channel(LIVE_BUFFER).0)
+            .subscribe()
+    }
+
+    /// Tells live subscribers that the room was deleted.
+    pub fn close(&self) {
+        self.tell(RoomUpdate::Deleted);
+    }
+
+    fn tell(&self, update: RoomUpdate) {
+        if let Some(live) = self.inner.live.get() {
+            // No receiver left is fine.
+            let _ = live.send(update);
+        }
+    }
+}
+
+/// Declares a room's queue, and for a group room its exchange and its members' bound inboxes.
+pub async fn declare_topology(broker: &dyn Broker, meta: &RoomMeta) -> Result<(), BrokerError> {
+    broker.declare_room(&meta.name, meta.group_room).await?;
+    if meta.group_room {
+        for alias in &meta.members {
+            broker.bind_member(&meta.name, alias).await?;
+        }
+    }
+    Ok(())
+}
+
+fn push_newest(cache: &mut VecDeque<ChatMessage>, message: ChatMessage, capacity: usize) {
+    cache.push_front(message);
+    while cache.len() > capacity {
+        cache.pop_back();
+    }
+}
+
+/// A stored message's sequence number (0 for one that has none).
+pub fn sequence(message: &ChatMessage) -> u64 {
+    message.mess_props.sequence_number.unwrap_or(0)
 }
 
 impl std::fmt::Debug for ChatRoom {

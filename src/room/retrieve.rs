@@ -1,89 +1,160 @@
 //! The room's consumer (the seed's `retrieve_messages`): takes deliveries off the room's queue in
-//! order, numbers each new message, stores it, puts it in the cache, wakes its sender, and only
+//! order, numbers each new message, stores it, announces the stored batch (to the caches, live
+//! feeds and waiting senders of every instance), fans it out to the members' inboxes, and only
 //! then acknowledges it.
+//!
+//! Every instance runs a consumer for every room; the broker's single-active-consumer makes one
+//! of them the room's numberer at a time. Numbering is fenced:
+//! - a consumer reads the room's last stored number when its subscription delivers its first
+//!   batch (it has just become the active consumer), never trusting a number from before;
+//! - the store refuses a second message with one number, so a stale numberer (another instance
+//!   took over meanwhile) gets [`InsertStop::NumberTaken`], reads the last number again and
+//!   renumbers the rest of its batch: no number is ever stored twice, and none is skipped.
 //!
 //! Deliveries that are ready together are handled as one batch (one store write), which is what
 //! lets the store keep up with the broker. Within a batch:
 //! 1. redelivered messages are looked up first: those already stored keep their stored copy and
 //!    first number;
-//! 2. the other messages are numbered `last_sequence + 1 ..` once, before the write;
+//! 2. the other messages are numbered `last + 1 ..` once, before the write;
 //! 3. the write is ordered and stops at the first id already stored (a client's retry with an
 //!    idempotency key): that message takes its stored copy and gives its number back, and the
-//!    rest are renumbered before the write goes on; so numbers never repeat and never leave a gap;
+//!    rest are renumbered before the write goes on;
 //! 4. a failed write is retried with the same numbered messages. A failure leaves a stored
 //!    prefix, which the retry recognises as its own (same number), even if the service dies
-//!    mid-batch and the broker redelivers it.
+//!    mid-batch and the broker redelivers it. If the subscription closes meanwhile (the broker
+//!    hands the deliveries to another consumer), the batch is abandoned unacknowledged.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::ChatRoom;
+use super::{RoomError, declare_topology, sequence};
 use crate::backoff::Backoff;
-use crate::broker::{Delivery, DeliveryStream};
+use crate::broker::{Broker, Delivery, DeliveryStream};
 use crate::metrics as m;
-use crate::model::{ChatMessage, MessageType, now};
+use crate::model::{ChatMessage, MessageType, RoomMeta, RoomName, now};
+use crate::store::{InsertStop, Store};
 
 /// Most deliveries handled as one batch.
 pub const MAX_BATCH: usize = 256;
 /// How often an idle consumer checks that its subscription is still open.
 const LIVENESS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-impl ChatRoom {
-    /// Runs the room's consumer until `shutdown` fires: (re)declares the topology, subscribes,
-    /// handles deliveries, and resubscribes with backoff whenever the broker goes away.
-    pub(crate) async fn retrieve_messages(&self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::default();
-        while !shutdown.is_cancelled() {
-            let subscribed = async {
-                self.declare().await?;
-                Ok::<_, super::RoomError>(self.inner.broker.consume(&self.inner.name).await?)
-            };
-            match subscribed.await {
-                Ok(stream) => {
-                    metrics::counter!(m::CONSUMER_STARTS).increment(1);
-                    backoff.reset();
-                    tracing::debug!(room = %self.inner.name, "consuming");
-                    if !self.drain(stream, &shutdown).await {
-                        return;
-                    }
+/// Where a room's consumer reports each stored batch: the service publishes it as a cluster event
+/// and feeds its own caches, live feeds and waiting senders.
+#[async_trait]
+pub trait Announce: Send + Sync + 'static {
+    /// `messages` are stored (new ones numbered; redelivered ones as first stored). Failures are
+    /// the announcer's to log: the messages are stored either way.
+    async fn stored(&self, room: &RoomName, messages: &[ChatMessage]);
+}
+
+/// What the room's consumer works with.
+pub struct RoomConsumer {
+    /// The room whose queue it consumes.
+    pub room: RoomName,
+    /// Where the queue is.
+    pub broker: Arc<dyn Broker>,
+    /// Where messages are stored.
+    pub store: Arc<dyn Store>,
+    /// Who hears about stored batches.
+    pub announce: Arc<dyn Announce>,
+}
+
+/// How a subscription ended.
+enum Ended {
+    /// Subscribe again (the broker went away, or cancelled the consumer).
+    Resubscribe,
+    /// Shutdown.
+    Stop,
+}
+
+/// What one subscription knows about numbering.
+struct Numbering {
+    /// The room's last stored number, read when the first batch arrives; `None` before.
+    last: Option<u64>,
+    /// A group room fans stored messages out to its members' inboxes.
+    group_room: bool,
+}
+
+/// Runs the room's consumer until `shutdown` fires or the room is deleted: loads the room's
+/// metadata from the store, (re)declares its topology (which heals a queue deleted behind the
+/// service), subscribes, handles deliveries, and subscribes again with backoff whenever the
+/// broker goes away or cancels the subscription.
+pub async fn retrieve_messages(consumer: RoomConsumer, shutdown: CancellationToken) {
+    let room = consumer.room.clone();
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        match consumer.subscribe().await {
+            Ok(Some((stream, meta))) => {
+                metrics::counter!(m::CONSUMER_STARTS).increment(1);
+                backoff.reset();
+                tracing::debug!(%room, "consuming");
+                let numbering = Numbering {
+                    last: None,
+                    group_room: meta.group_room,
+                };
+                if let Ended::Stop = consumer.drain(stream, numbering, &shutdown).await {
+                    return;
                 }
-                Err(e) => tracing::warn!(room = %self.inner.name, error = %e, "cannot consume"),
             }
-            if !backoff.wait(&shutdown).await {
+            Ok(None) => {
+                tracing::info!(%room, "room deleted; its consumer stops");
                 return;
             }
+            Err(e) => tracing::warn!(%room, error = %e, "cannot consume"),
+        }
+        if !backoff.wait(&shutdown).await {
+            return;
         }
     }
+}
 
-    /// Handles deliveries until the stream ends (returns `true`: resubscribe) or shutdown
-    /// (returns `false`).
+impl RoomConsumer {
+    /// The room's stored metadata, its topology declared, and a subscription; `None` if the room
+    /// no longer exists.
+    async fn subscribe(&self) -> Result<Option<(Box<dyn DeliveryStream>, RoomMeta)>, RoomError> {
+        let Some(meta) = self.store.load_room(&self.room).await? else {
+            return Ok(None);
+        };
+        declare_topology(self.broker.as_ref(), &meta).await?;
+        let stream = self.broker.consume(&self.room).await?;
+        Ok(Some((stream, meta)))
+    }
+
+    /// Handles deliveries until the subscription ends or shutdown.
     async fn drain(
         &self,
         mut stream: Box<dyn DeliveryStream>,
+        mut numbering: Numbering,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Ended {
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return false,
+                _ = shutdown.cancelled() => return Ended::Stop,
                 next = stream.next() => next,
                 _ = tokio::time::sleep(LIVENESS_CHECK) => {
                     if stream.is_open() {
                         continue;
                     }
-                    tracing::warn!(room = %self.inner.name, "subscription closed silently");
-                    return true;
+                    tracing::warn!(room = %self.room, "subscription closed silently");
+                    return Ended::Resubscribe;
                 }
             };
             let first = match next {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => {
-                    tracing::warn!(room = %self.inner.name, error = %e, "consumer failed");
-                    return true;
+                    tracing::warn!(room = %self.room, error = %e, "consumer failed");
+                    return Ended::Resubscribe;
                 }
-                None => return true,
+                None => {
+                    tracing::info!(room = %self.room, "subscription ended (cancelled or closed)");
+                    return Ended::Resubscribe;
+                }
             };
             let mut batch = vec![first];
             let mut ended = false;
@@ -97,41 +168,50 @@ impl ChatRoom {
                     None => break,
                 }
             }
-            if !self.receive(batch, shutdown).await {
-                return false;
+            let open = || stream.is_open();
+            match self.receive(batch, &mut numbering, &open, shutdown).await {
+                Handled::Done => {}
+                Handled::Abandoned => return Ended::Resubscribe,
+                Handled::Stopped => return Ended::Stop,
             }
             if ended {
-                return true;
+                return Ended::Resubscribe;
             }
         }
     }
 
-    /// Handles one batch of deliveries. Returns `false` if shutdown interrupted it before it was
-    /// stored; the deliveries are then left unacknowledged and the broker delivers them again.
-    async fn receive(&self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) -> bool {
+    /// Handles one batch of deliveries. Unless it is `Done`, the deliveries are left
+    /// unacknowledged and the broker delivers them again (to this or another instance).
+    async fn receive(
+        &self,
+        deliveries: Vec<Delivery>,
+        numbering: &mut Numbering,
+        open: &(dyn Fn() -> bool + Sync),
+        shutdown: &CancellationToken,
+    ) -> Handled {
         let mut accepted = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             match serde_json::from_slice::<ChatMessage>(&delivery.body) {
-                Ok(m) if m.mess_props.room_name == self.inner.name => accepted.push((delivery, m)),
+                Ok(m) if m.mess_props.room_name == self.room => accepted.push((delivery, m)),
                 Ok(m) => {
-                    tracing::warn!(room = %self.inner.name, other = %m.mess_props.room_name,
+                    tracing::warn!(room = %self.room, other = %m.mess_props.room_name,
                         "dropping a message for another room");
                     let _ = delivery.reject().await;
                 }
                 Err(e) => {
-                    tracing::warn!(room = %self.inner.name, error = %e, "dropping a malformed message");
+                    tracing::warn!(room = %self.room, error = %e, "dropping a malformed message");
                     let _ = delivery.reject().await;
                 }
             }
         }
         metrics::counter!(m::DELIVERIES).increment(accepted.len() as u64);
         if accepted.is_empty() {
-            return true;
+            return Handled::Done;
         }
-        let room = &self.inner.name;
-        // Only a redelivery can have been stored by this consumer already: look those up first
-        // (one read). A fresh delivery can be stored already only if a client retried with an
-        // idempotency key; the write itself catches that.
+        let retry = Retry { open, shutdown };
+        // Only a redelivery can have been stored already by a consumer of this room: look those
+        // up first (one read). A fresh delivery can be stored already only if a client retried
+        // with an idempotency key; the write itself catches that.
         let redelivered: Vec<Uuid> = accepted
             .iter()
             .filter(|(delivery, _)| delivery.redelivered)
@@ -140,63 +220,107 @@ impl ChatRoom {
         let existing = if redelivered.is_empty() {
             Vec::new()
         } else {
-            match self.lookup(&redelivered, shutdown).await {
-                Some(existing) => existing,
-                None => return false,
+            match self.lookup(&redelivered, &retry).await {
+                Ok(existing) => existing,
+                Err(handled) => return handled,
             }
         };
-        let (mut outcome, fresh) = self.number(accepted.iter().map(|(_, m)| m), existing);
-        let Some(stored) = self.write(&mut outcome, &fresh, shutdown).await else {
-            return false;
+        // The first batch of a subscription: this consumer just became the active one.
+        let last = match numbering.last {
+            Some(last) => last,
+            None => match self.last_stored(&retry).await {
+                Ok(last) => last,
+                Err(handled) => return handled,
+            },
         };
+        let (mut outcome, fresh, last) = number(accepted.iter().map(|(_, m)| m), existing, last);
+        numbering.last = Some(last);
+        let stored = match self.write(&mut outcome, &fresh, numbering, &retry).await {
+            Ok(stored) => stored,
+            Err(handled) => {
+                // What this consumer believes about the last number may be wrong now.
+                numbering.last = None;
+                return handled;
+            }
+        };
+        // A message that came more than once in this batch (a client's concurrent retries) must
+        // read as its one final stored copy everywhere, whatever the write changed about it.
+        let finals: HashMap<Uuid, ChatMessage> = fresh
+            .iter()
+            .map(|&slot| (outcome[slot].mess_props.id, outcome[slot].clone()))
+            .collect();
+        for message in outcome.iter_mut() {
+            if let Some(last) = finals.get(&message.mess_props.id) {
+                *message = last.clone();
+            }
+        }
         let stored_at = now();
         for &slot in &stored {
-            let message = &outcome[slot];
-            let waited = stored_at - message.mess_props.sent_time;
+            let waited = stored_at - outcome[slot].mess_props.sent_time;
             metrics::histogram!(m::SEND_TO_STORED_SECONDS)
                 .record(waited.num_microseconds().unwrap_or(0) as f64 / 1e6);
-            self.put(message.clone());
-            self.publish_live(message);
         }
         metrics::counter!(m::STORE_WRITES).increment(stored.len() as u64);
         metrics::counter!(m::REDELIVERIES).increment((outcome.len() - stored.len()) as u64);
         if !stored.is_empty() {
             metrics::histogram!(m::STORE_BATCH_SIZE).record(stored.len() as f64);
         }
-        tracing::debug!(%room, stored = stored.len(), duplicates = outcome.len() - stored.len(),
-            last = self.last_sequence(), "batch stored");
+        tracing::debug!(room = %self.room, stored = stored.len(),
+            duplicates = outcome.len() - stored.len(), last = ?numbering.last, "batch stored");
+        self.announce.stored(&self.room, &outcome).await;
+        if numbering.group_room && !stored.is_empty() {
+            self.fan_out(&outcome, &stored).await;
+        }
         let mut channel_ok = true;
-        for ((delivery, _), stored) in accepted.into_iter().zip(outcome) {
-            let id = stored.mess_props.id;
-            self.wake(stored);
+        for ((delivery, _), stored) in accepted.into_iter().zip(&outcome) {
             // Once an ack fails the channel is gone: the broker redelivers the rest of the batch
             // (the store recognises them), so don't wait on each.
             if channel_ok && let Err(e) = delivery.ack().await {
-                tracing::warn!(%room, %id, error = %e, "ack failed; the rest of the batch will be redelivered");
+                tracing::warn!(room = %self.room, id = %stored.mess_props.id, error = %e,
+                    "ack failed; the rest of the batch will be redelivered");
                 channel_ok = false;
             }
         }
-        true
+        Handled::Done
     }
 
-    /// The stored copies of those of `ids` the store has, retrying through outages; `None` if
-    /// shutdown came first.
-    async fn lookup(&self, ids: &[Uuid], shutdown: &CancellationToken) -> Option<Vec<ChatMessage>> {
+    /// Copies newly stored messages to the members' inboxes. Best effort: the history holds
+    /// them either way, and an inbox is only a convenience copy.
+    async fn fan_out(&self, outcome: &[ChatMessage], stored: &[usize]) {
+        let bodies = stored
+            .iter()
+            .filter_map(|&slot| serde_json::to_vec(&outcome[slot]).ok())
+            .collect();
+        if let Err(e) = self.broker.fan_out(&self.room, bodies).await {
+            tracing::warn!(room = %self.room, error = %e, "could not copy messages to inboxes");
+        }
+    }
+
+    /// The stored copies of those of `ids` the store has, retrying through outages.
+    async fn lookup(&self, ids: &[Uuid], retry: &Retry<'_>) -> Result<Vec<ChatMessage>, Handled> {
         let mut backoff = Backoff::default();
         loop {
-            match self
-                .inner
-                .store
-                .existing_messages(&self.inner.name, ids)
-                .await
-            {
-                Ok(existing) => return Some(existing),
+            match self.store.existing_messages(&self.room, ids).await {
+                Ok(existing) => return Ok(existing),
                 Err(e) => {
                     metrics::counter!(m::STORE_ERRORS).increment(1);
-                    tracing::warn!(room = %self.inner.name, error = %e, "cannot read the store; retrying");
-                    if !backoff.wait(shutdown).await {
-                        return None;
-                    }
+                    tracing::warn!(room = %self.room, error = %e, "cannot read the store; retrying");
+                    retry.wait(&mut backoff).await?;
+                }
+            }
+        }
+    }
+
+    /// The room's last stored sequence number, retrying through outages.
+    async fn last_stored(&self, retry: &Retry<'_>) -> Result<u64, Handled> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.store.last_sequence(&self.room).await {
+                Ok(last) => return Ok(last),
+                Err(e) => {
+                    metrics::counter!(m::STORE_ERRORS).increment(1);
+                    tracing::warn!(room = %self.room, error = %e, "cannot read the store; retrying");
+                    retry.wait(&mut backoff).await?;
                 }
             }
         }
@@ -206,105 +330,148 @@ impl ChatRoom {
     /// stored, retrying through outages with the same numbered messages. A message found already
     /// stored takes its stored copy; if that copy is not one this batch wrote on an earlier
     /// attempt (a client's retry), its number is given back and every later new message is
-    /// numbered one lower, so no gap opens. Returns the slots this batch stored, or `None` if
-    /// shutdown came first.
+    /// numbered one lower. A number found taken (another numberer was active meanwhile) makes
+    /// the rest of the batch start again after the room's last stored number. Returns the slots
+    /// this batch stored.
     async fn write(
         &self,
         outcome: &mut [ChatMessage],
         fresh: &[usize],
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<usize>> {
+        numbering: &mut Numbering,
+        retry: &Retry<'_>,
+    ) -> Result<Vec<usize>, Handled> {
         let mut stored = Vec::with_capacity(fresh.len());
         let mut start = 0;
         let mut backoff = Backoff::default();
         while start < fresh.len() {
             let batch: Vec<ChatMessage> =
                 fresh[start..].iter().map(|&s| outcome[s].clone()).collect();
-            let found_at = match self
-                .inner
-                .store
-                .insert_messages(&self.inner.name, &batch)
-                .await
-            {
+            let stop = match self.store.insert_messages(&self.room, &batch).await {
                 Ok(None) => {
                     stored.extend_from_slice(&fresh[start..]);
                     break;
                 }
-                Ok(Some(index)) => index,
+                Ok(Some(stop)) => stop,
                 Err(e) => {
                     metrics::counter!(m::STORE_ERRORS).increment(1);
-                    tracing::warn!(room = %self.inner.name, count = batch.len(), error = %e,
+                    tracing::warn!(room = %self.room, count = batch.len(), error = %e,
                         "cannot store; retrying");
-                    if !backoff.wait(shutdown).await {
-                        return None;
-                    }
+                    retry.wait(&mut backoff).await?;
                     continue;
                 }
             };
-            stored.extend_from_slice(&fresh[start..start + found_at]);
-            let slot = fresh[start + found_at];
-            let ours = &outcome[slot];
-            let copy = self.lookup(&[ours.mess_props.id], shutdown).await?.pop();
-            let Some(copy) = copy else {
-                tracing::warn!(room = %self.inner.name, "store reported a stored id it cannot find; retrying");
-                if !backoff.wait(shutdown).await {
-                    return None;
+            match stop {
+                InsertStop::IdStored(found_at) => {
+                    stored.extend_from_slice(&fresh[start..start + found_at]);
+                    let slot = fresh[start + found_at];
+                    let ours = sequence(&outcome[slot]);
+                    let copy = self
+                        .lookup(&[outcome[slot].mess_props.id], retry)
+                        .await?
+                        .pop();
+                    let Some(copy) = copy else {
+                        tracing::warn!(room = %self.room,
+                            "store reported a stored id it cannot find; retrying");
+                        retry.wait(&mut backoff).await?;
+                        continue;
+                    };
+                    if sequence(&copy) == ours {
+                        // Written by an earlier attempt of this very batch.
+                        stored.push(slot);
+                    } else {
+                        outcome[slot] = copy;
+                        let later = &fresh[start + found_at + 1..];
+                        numbering.last = Some(renumber(outcome, later, ours));
+                    }
+                    start += found_at + 1;
                 }
-                continue;
-            };
-            if copy.mess_props.sequence_number == ours.mess_props.sequence_number {
-                // Written by an earlier attempt of this very batch.
-                stored.push(slot);
-            } else {
-                outcome[slot] = copy;
-                for &later in &fresh[start + found_at + 1..] {
-                    let number = &mut outcome[later].mess_props.sequence_number;
-                    *number = number.map(|n| n - 1);
+                InsertStop::NumberTaken(taken_at) => {
+                    stored.extend_from_slice(&fresh[start..start + taken_at]);
+                    let last = self.last_stored(retry).await?;
+                    tracing::warn!(room = %self.room, last,
+                        "another consumer numbered this room meanwhile; renumbering");
+                    let rest = &fresh[start + taken_at..];
+                    numbering.last = Some(renumber(outcome, rest, last + 1));
+                    start += taken_at;
                 }
-                self.state().last_sequence -= 1;
             }
-            start += found_at + 1;
         }
-        Some(stored)
+        Ok(stored)
     }
+}
 
-    /// Decides each message's stored form: the stored copy for ids already known (from the store,
-    /// or earlier in this batch), otherwise the message received and numbered. Returns the
-    /// outcome for every message, in order, and the slots of the new messages to write.
-    fn number<'a>(
-        &self,
-        received: impl Iterator<Item = &'a ChatMessage>,
-        existing: Vec<ChatMessage>,
-    ) -> (Vec<ChatMessage>, Vec<usize>) {
-        let mut known: HashMap<Uuid, ChatMessage> =
-            existing.into_iter().map(|m| (m.mess_props.id, m)).collect();
-        let mut outcome = Vec::new();
-        let mut fresh = Vec::new();
-        let rec_time = now();
-        let mut state = self.state();
-        for message in received {
-            let id = message.mess_props.id;
-            if let Some(first) = known.get(&id) {
-                outcome.push(first.clone());
-                continue;
-            }
-            state.last_sequence += 1;
-            let mut stored = message.clone();
-            stored.mess_props.mess_type = MessageType::Received;
-            stored.mess_props.rec_time = Some(rec_time);
-            stored.mess_props.sequence_number = Some(state.last_sequence);
-            stored.dirty = false;
-            known.insert(id, stored.clone());
-            fresh.push(outcome.len());
-            outcome.push(stored);
-        }
-        (outcome, fresh)
-    }
+/// How a batch ended when it was not stored.
+enum Handled {
+    /// Stored, announced and acknowledged.
+    Done,
+    /// The subscription closed while the store was failing: the broker hands the deliveries to
+    /// the next active consumer.
+    Abandoned,
+    /// Shutdown came first.
+    Stopped,
+}
 
-    fn wake(&self, stored: ChatMessage) {
-        let waiting = self.state().waiters.remove(&stored.mess_props.id);
-        for waiter in waiting.into_iter().flatten() {
-            let _ = waiter.send(stored.clone());
+/// When a store retry loop must give up.
+struct Retry<'a> {
+    /// Whether the subscription is still open.
+    open: &'a (dyn Fn() -> bool + Sync),
+    shutdown: &'a CancellationToken,
+}
+
+impl Retry<'_> {
+    /// Waits before the next attempt, or says why there is none.
+    async fn wait(&self, backoff: &mut Backoff) -> Result<(), Handled> {
+        if !(self.open)() {
+            return Err(Handled::Abandoned);
+        }
+        if backoff.wait(self.shutdown).await {
+            Ok(())
+        } else {
+            Err(Handled::Stopped)
         }
     }
+}
+
+/// Numbers `slots` of `outcome` as `first, first + 1, ...`; returns the last number given
+/// (`first - 1` when there are none).
+fn renumber(outcome: &mut [ChatMessage], slots: &[usize], first: u64) -> u64 {
+    let mut last = first - 1;
+    for &slot in slots {
+        last += 1;
+        outcome[slot].mess_props.sequence_number = Some(last);
+    }
+    last
+}
+
+/// Decides each message's stored form: the stored copy for ids already known (from the store,
+/// or earlier in this batch), otherwise the message received and numbered after `last`. Returns
+/// the outcome for every message, in order, the slots of the new messages to write, and the last
+/// number given.
+fn number<'a>(
+    received: impl Iterator<Item = &'a ChatMessage>,
+    existing: Vec<ChatMessage>,
+    mut last: u64,
+) -> (Vec<ChatMessage>, Vec<usize>, u64) {
+    let mut known: HashMap<Uuid, ChatMessage> =
+        existing.into_iter().map(|m| (m.mess_props.id, m)).collect();
+    let mut outcome = Vec::new();
+    let mut fresh = Vec::new();
+    let rec_time = now();
+    for message in received {
+        let id = message.mess_props.id;
+        if let Some(first) = known.get(&id) {
+            outcome.push(first.clone());
+            continue;
+        }
+        last += 1;
+        let mut stored = message.clone();
+        stored.mess_props.mess_type = MessageType::Received;
+        stored.mess_props.rec_time = Some(rec_time);
+        stored.mess_props.sequence_number = Some(last);
+        stored.dirty = false;
+        known.insert(id, stored.clone());
+        fresh.push(outcome.len());
+        outcome.push(stored);
+    }
+    (outcome, fresh, last)
 }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::broker::memory::MemoryBroker;
 use crate::model::MessageType;
+use crate::room::retrieve;
 use crate::store::embedded::EmbeddedStore;
 
 /// Longest a test waits for the room's consumer.
@@ -157,6 +158,84 @@ fn find_message_returns_the_newest_with_that_exact_text() {
     assert_eq!(room.find_message("hell"), None);
 }
 
+/// `count` numbered messages from ann, as the consumer would store them.
+fn numbered(room: &ChatRoom, from: u64, count: u64) -> Vec<ChatMessage> {
+    (from..from + count)
+        .map(|seq| {
+            let mut m = message(room, &seq.to_string());
+            m.mess_props.sequence_number = Some(seq);
+            m.mess_props.mess_type = MessageType::Received;
+            m.mess_props.rec_time = Some(crate::model::now());
+            m.dirty = false;
+            m
+        })
+        .collect()
+}
+
+// ----- the cache feed -----
+
+#[test]
+fn apply_takes_stored_messages_in_order_once_and_reports_a_gap() {
+    let b = backends();
+    let room = b.room("feed", true, 10);
+    let messages = numbered(&room, 1, 6);
+    assert_eq!(room.apply(&messages[..2]), Ok(2));
+    // Known ones are skipped; out of order within a batch is fine.
+    let shuffled = [
+        messages[3].clone(),
+        messages[1].clone(),
+        messages[2].clone(),
+    ];
+    assert_eq!(room.apply(&shuffled), Ok(2));
+    assert_eq!(room.last_sequence(), 4);
+    // 6 does not follow 4: nothing is taken, and the gap says what to read first.
+    assert_eq!(
+        room.apply(&messages[5..]),
+        Err(Gap {
+            after: 4,
+            before: 6
+        })
+    );
+    assert_eq!(room.apply(&messages[4..]), Ok(2));
+    assert_eq!(
+        sequences(&room.cached()),
+        (1..=6).map(Some).collect::<Vec<_>>()
+    );
+    assert!(room.cached().iter().all(|m| !m.dirty));
+    // Starting over after an unfillable gap.
+    room.restart_at(20);
+    assert!(room.is_empty());
+    assert_eq!(room.last_sequence(), 19);
+}
+
+#[test]
+fn live_subscribers_hear_messages_members_and_deletion_in_order() {
+    let b = backends();
+    let room = b.room("listened", true, 10);
+    let mut updates = room.subscribe();
+    let messages = numbered(&room, 1, 2);
+    room.apply(&messages).expect("in order");
+    let mut meta = room.meta();
+    meta.members.push(alias("carl"));
+    room.set_meta(meta.clone());
+    room.set_meta(meta);
+    room.close();
+    let mut heard = Vec::new();
+    while let Ok(update) = updates.try_recv() {
+        heard.push(update);
+    }
+    assert_eq!(
+        heard,
+        [
+            RoomUpdate::Message(messages[0].clone()),
+            RoomUpdate::Message(messages[1].clone()),
+            RoomUpdate::Members(vec![alias("ann"), alias("carl")]),
+            RoomUpdate::Deleted,
+        ],
+        "unchanged members are not announced twice"
+    );
+}
+
 // ----- membership -----
 
 #[tokio::test]
@@ -164,6 +243,7 @@ async fn a_private_room_has_no_group_members() {
     let b = backends();
     let room = b.room("private", false, 10);
     room.declare().await.expect("declare");
+    room.persist().await.expect("persist");
     assert!(matches!(
         room.add_group_member(&alias("carl")).await,
         Err(RoomError::NotAGroupRoom(n)) if n == *room.name()
@@ -180,6 +260,7 @@ async fn group_members_join_and_leave_but_the_owner_cannot_leave() {
     let b = backends();
     let room = b.room("members", true, 10);
     room.declare().await.expect("declare");
+    room.persist().await.expect("persist");
 
     assert!(room.add_group_member(&alias("carl")).await.expect("add"));
     assert!(
@@ -189,11 +270,15 @@ async fn group_members_join_and_leave_but_the_owner_cannot_leave() {
             .expect("add again")
     );
     assert!(room.is_member(&alias("carl")));
-    assert!(!room.dirty(), "a membership change is persisted");
     let stored = b.store.load_room(room.name()).await.expect("load");
     assert_eq!(
         stored.map(|m| m.members),
-        Some(vec![alias("ann"), alias("carl")])
+        Some(vec![alias("ann"), alias("carl")]),
+        "a membership change is in the store at once"
+    );
+    assert_eq!(
+        b.store.rooms_of(&alias("carl")).await.expect("rooms of"),
+        [room.name().clone()]
     );
 
     assert!(matches!(
@@ -210,6 +295,34 @@ async fn group_members_join_and_leave_but_the_owner_cannot_leave() {
         room.remove_group_member(&alias("carl")).await,
         Err(RoomError::NotAMember { .. })
     ));
+    let stored = b.store.load_room(room.name()).await.expect("load");
+    assert_eq!(stored.map(|m| m.members), Some(vec![alias("ann")]));
+}
+
+#[tokio::test]
+async fn a_join_the_broker_refuses_leaves_the_store_unchanged() {
+    let b = backends();
+    let room = b.room("refused", true, 10);
+    // Saved, but its exchange never declared: binding an inbox to it fails.
+    room.persist().await.expect("persist");
+    assert!(matches!(
+        room.add_group_member(&alias("carl")).await,
+        Err(RoomError::Broker(_))
+    ));
+    let stored = b.store.load_room(room.name()).await.expect("load");
+    assert_eq!(stored.map(|m| m.members), Some(vec![alias("ann")]));
+    assert!(!room.is_member(&alias("carl")));
+}
+
+#[tokio::test]
+async fn membership_of_a_room_gone_from_the_store_is_refused() {
+    let b = backends();
+    let room = b.room("vanished", true, 10);
+    room.declare().await.expect("declare");
+    assert!(matches!(
+        room.add_group_member(&alias("carl")).await,
+        Err(RoomError::Gone(_))
+    ));
 }
 
 // ----- store -----
@@ -219,11 +332,13 @@ async fn persist_then_restore_gives_back_metadata_cache_and_last_sequence() {
     let b = backends();
     let room = b.room("saved", true, 10);
     room.declare().await.expect("declare");
-    for text in ["a", "b", "c"] {
-        room.put(message(&room, text));
-    }
-    room.add_group_member(&alias("carl")).await.expect("add");
     room.persist().await.expect("persist");
+    room.add_group_member(&alias("carl")).await.expect("add");
+    let stored = numbered(&room, 1, 3);
+    b.store
+        .insert_messages(room.name(), &stored)
+        .await
+        .expect("store");
 
     let fresh = ChatRoom::new(
         room.name().clone(),
@@ -235,8 +350,11 @@ async fn persist_then_restore_gives_back_metadata_cache_and_last_sequence() {
         10,
     );
     assert!(fresh.restore().await.expect("restore"));
-    assert_eq!(fresh.meta(), room.meta());
-    assert_eq!(fresh.cached(), room.cached());
+    let mut expected = room.meta();
+    expected.modify_time = fresh.modify_time();
+    assert_eq!(fresh.meta(), expected);
+    assert!(fresh.modify_time() >= room.modify_time());
+    assert_eq!(fresh.cached(), stored);
     assert_eq!(fresh.last_sequence(), 3);
     assert!(!fresh.dirty());
 
@@ -250,9 +368,11 @@ async fn persist_then_restore_gives_back_metadata_cache_and_last_sequence() {
 }
 
 #[tokio::test]
-async fn persist_saves_the_modify_time_of_a_later_message() {
+async fn persist_moves_the_stored_modify_time_forward_only() {
     let b = backends();
     let room = b.room("touched", true, 10);
+    // A copy of the room made now: it will be older than the room's later changes.
+    let stale = b.room("touched", true, 10);
     room.persist().await.expect("persist the new room");
     tokio::time::sleep(Duration::from_millis(5)).await;
     room.put(message(&room, "later"));
@@ -260,14 +380,44 @@ async fn persist_saves_the_modify_time_of_a_later_message() {
         room.modify_time() > room.create_time(),
         "put changes the room"
     );
-    room.persist().await.expect("persist the message");
+    room.persist().await.expect("persist again");
+    let stored = b.store.load_room(room.name()).await.expect("load").unwrap();
+    assert_eq!(stored.modify_time, room.modify_time());
 
-    let fresh = b.room("touched", true, 10);
-    assert!(fresh.restore().await.expect("restore"));
-    assert_eq!(
-        fresh.modify_time(),
-        room.modify_time(),
-        "the stored metadata is as recent as the room"
+    // An older copy of the room saving later does not move the time back.
+    stale.persist().await.expect("persist a stale copy");
+    let stored = b.store.load_room(room.name()).await.expect("load").unwrap();
+    assert_eq!(stored.modify_time, room.modify_time());
+}
+
+#[tokio::test]
+async fn persist_saves_metadata_only_and_never_numbers_messages() {
+    let b = backends();
+    let room = b.room("numbering", false, 10);
+    for text in ["x", "y", "z"] {
+        room.put(message(&room, text));
+    }
+    room.persist().await.expect("persist");
+    assert!(!room.dirty());
+    assert!(
+        room.cached()
+            .iter()
+            .all(|m| m.dirty && m.mess_props.sequence_number.is_none()),
+        "only the room's consumer numbers and stores messages"
+    );
+    assert!(
+        b.store
+            .latest_messages(room.name(), 10)
+            .await
+            .expect("latest")
+            .is_empty()
+    );
+    assert!(
+        b.store
+            .load_room(room.name())
+            .await
+            .expect("load")
+            .is_some()
     );
 }
 
@@ -275,54 +425,16 @@ async fn persist_saves_the_modify_time_of_a_later_message() {
 async fn restore_keeps_only_the_newest_capacity_messages() {
     let b = backends();
     let room = b.room("bounded", true, 10);
-    for i in 1..=6 {
-        room.put(message(&room, &i.to_string()));
-    }
     room.persist().await.expect("persist");
+    b.store
+        .insert_messages(room.name(), &numbered(&room, 1, 6))
+        .await
+        .expect("store");
 
     let small = b.room("bounded", true, 4);
     assert!(small.restore().await.expect("restore"));
     assert_eq!(texts(&small.cached()), ["3", "4", "5", "6"]);
     assert_eq!(small.last_sequence(), 6);
-}
-
-#[tokio::test]
-async fn persist_numbers_unnumbered_dirty_messages_and_clears_dirty_flags() {
-    let b = backends();
-    let room = b.room("numbering", false, 10);
-    for text in ["x", "y", "z"] {
-        room.put(message(&room, text));
-    }
-    assert!(room.cached().iter().all(|m| m.dirty));
-    room.persist().await.expect("persist");
-
-    let cached = room.cached();
-    assert_eq!(sequences(&cached), [Some(1), Some(2), Some(3)]);
-    assert!(
-        cached.iter().all(|m| !m.dirty),
-        "persisted messages are clean"
-    );
-    assert!(!room.dirty());
-    assert_eq!(room.last_sequence(), 3);
-    assert_eq!(
-        b.store
-            .latest_messages(room.name(), 10)
-            .await
-            .expect("latest"),
-        cached
-    );
-
-    // Persisting again stores nothing new; a later message continues the numbering.
-    room.persist().await.expect("persist again");
-    room.put(message(&room, "later"));
-    room.persist().await.expect("persist later");
-    let stored = b
-        .store
-        .latest_messages(room.name(), 10)
-        .await
-        .expect("latest");
-    assert_eq!(texts(&stored), ["x", "y", "z", "later"]);
-    assert_eq!(sequences(&stored), [Some(1), Some(2), Some(3), Some(4)]);
 }
 
 // ----- the room list -----
@@ -340,7 +452,7 @@ fn room_list_adds_finds_and_removes_rooms() {
         "a taken name is refused"
     );
     assert!(
-        list.find(&name("beta")).expect("beta").group_room(),
+        list.add_or_get(b.room("beta", false, 10)).group_room(),
         "the first beta stays"
     );
 
@@ -363,116 +475,248 @@ async fn room_list_persist_then_restore_gives_back_both_rooms() {
     let list = b.list("main");
     let group = b.room("group", true, 10);
     let private = b.room("private", false, 10);
-    group.put(message(&group, "in the group"));
-    private.put(message(&private, "just us"));
-    private.put(message(&private, "still us"));
     list.add(group.clone());
     list.add(private.clone());
     list.persist().await.expect("persist");
+    let in_group = numbered(&group, 1, 1);
+    let in_private = numbered(&private, 1, 2);
+    b.store
+        .insert_messages(group.name(), &in_group)
+        .await
+        .expect("store");
+    b.store
+        .insert_messages(private.name(), &in_private)
+        .await
+        .expect("store");
 
     let restored = b.list("main");
     restored.restore().await.expect("restore");
-    assert_eq!(restored.meta(), list.meta());
-    for original in [&group, &private] {
+    assert_eq!(restored.meta().rooms, list.meta().rooms);
+    for (original, stored) in [(&group, &in_group), (&private, &in_private)] {
         let back = restored.find(original.name()).expect("restored room");
-        assert_eq!(back.meta(), original.meta());
-        assert_eq!(back.cached(), original.cached());
-        assert_eq!(back.last_sequence(), original.last_sequence());
+        assert_eq!(back.members(), original.members());
+        assert_eq!(back.group_room(), original.group_room());
+        assert_eq!(&back.cached(), stored);
+        assert_eq!(back.last_sequence(), stored.len() as u64);
     }
-    assert_eq!(
-        texts(&restored.find(&name("private")).unwrap().cached()),
-        ["just us", "still us"]
-    );
 
     let other = b.list("other");
     other.restore().await.expect("restore an unknown list");
     assert!(other.rooms().is_empty());
 }
 
+#[tokio::test]
+async fn the_stored_room_list_changes_one_name_at_a_time() {
+    let b = backends();
+    // Two instances' lists of one deployment: neither undoes the other.
+    let (one, two) = (b.list("shared"), b.list("shared"));
+    one.register(&name("a")).await.expect("register a");
+    two.register(&name("b")).await.expect("register b");
+    one.add(b.room("c", true, 10));
+    one.persist_meta().await.expect("persist one's view");
+    assert_eq!(
+        two.stored_names().await.expect("names"),
+        [name("a"), name("b"), name("c")]
+    );
+    two.unregister(&name("a")).await.expect("unregister a");
+    two.persist_meta()
+        .await
+        .expect("persist two's (empty) view");
+    assert_eq!(
+        one.stored_names().await.expect("names"),
+        [name("b"), name("c")]
+    );
+}
+
 // ----- the consumer -----
 
+/// Records what the consumer announces.
+#[derive(Default)]
+struct Heard(std::sync::Mutex<Vec<ChatMessage>>);
+
+#[async_trait::async_trait]
+impl retrieve::Announce for Heard {
+    async fn stored(&self, _room: &RoomName, messages: &[ChatMessage]) {
+        self.0.lock().unwrap().extend_from_slice(messages);
+    }
+}
+
+impl Heard {
+    fn texts(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.message.clone())
+            .collect()
+    }
+}
+
 #[tokio::test]
-async fn the_consumer_numbers_caches_and_stores_messages_once() {
+async fn the_consumer_numbers_stores_and_announces_messages_once() {
     let b = backends();
     let room = b.room("consumer", false, 10);
     room.declare().await.expect("declare");
+    room.persist().await.expect("persist");
+    let heard = Arc::new(Heard::default());
     let shutdown = CancellationToken::new();
-    let consumer = {
-        let room = room.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { room.retrieve_messages(shutdown).await })
+    let consumer = retrieve::RoomConsumer {
+        room: room.name().clone(),
+        broker: b.broker.clone(),
+        store: b.store.clone(),
+        announce: heard.clone(),
     };
+    let task = tokio::spawn(retrieve::retrieve_messages(consumer, shutdown.clone()));
 
-    let sends: Vec<MessageProperties> = (0..3).map(|_| props(&room)).collect();
-    // A sender waiting for its message learns its number once the consumer stored it.
-    let first_stored = room.register_waiter(sends[0].id);
     let mut sent = Vec::new();
-    for (text, mess_props) in ["one", "two", "three"].into_iter().zip(sends) {
+    for text in ["one", "two", "three"] {
         let message = room
-            .send_message(text.into(), mess_props)
+            .send_message(text.into(), props(&room))
             .await
             .expect("send");
         assert_eq!(message.mess_props.mess_type, MessageType::Sent);
         sent.push(message);
     }
-    eventually("three messages in the cache", || room.len() == 3).await;
+    eventually("three messages announced", || heard.texts().len() == 3).await;
 
-    let cached = room.cached();
-    assert_eq!(texts(&cached), ["one", "two", "three"]);
-    assert_eq!(sequences(&cached), [Some(1), Some(2), Some(3)]);
-    for (received, sent) in cached.iter().zip(&sent) {
+    let stored = b
+        .store
+        .latest_messages(room.name(), 10)
+        .await
+        .expect("latest");
+    assert_eq!(texts(&stored), ["one", "two", "three"]);
+    assert_eq!(sequences(&stored), [Some(1), Some(2), Some(3)]);
+    for (received, sent) in stored.iter().zip(&sent) {
         assert_eq!(received.mess_props.id, sent.mess_props.id);
         assert_eq!(received.mess_props.mess_type, MessageType::Received);
         assert!(received.mess_props.rec_time.is_some());
-        assert!(!received.dirty, "the consumer stored it");
     }
-    assert_eq!(
-        b.store
-            .latest_messages(room.name(), 10)
-            .await
-            .expect("latest"),
-        cached
-    );
-    let woken = tokio::time::timeout(WAIT, first_stored)
-        .await
-        .expect("waiter in time");
-    assert_eq!(woken.expect("waiter woken"), cached[0]);
+    assert_eq!(*heard.0.lock().unwrap(), stored, "announced as stored");
 
     // The same message published twice (a redelivery in disguise), then a marker behind it.
     let twice = ChatMessage::new("twice".into(), props(&room));
     let body = serde_json::to_vec(&twice).expect("serialise");
     for _ in 0..2 {
         b.broker
-            .publish(room.name(), false, body.clone())
+            .publish(room.name(), body.clone())
             .await
             .expect("publish");
     }
     room.send_message("after".into(), props(&room))
         .await
         .expect("send marker");
-    eventually("the marker in the cache", || {
-        room.find_message("after").is_some()
+    eventually("the marker announced", || {
+        heard.texts().last().map(String::as_str) == Some("after")
     })
     .await;
 
-    let cached = room.cached();
-    assert_eq!(texts(&cached), ["one", "two", "three", "twice", "after"]);
-    assert_eq!(
-        sequences(&cached),
-        [Some(1), Some(2), Some(3), Some(4), Some(5)]
-    );
-    assert_eq!(room.last_sequence(), 5);
     let stored = b
         .store
         .latest_messages(room.name(), 10)
         .await
         .expect("latest");
-    assert_eq!(stored, cached, "stored once, numbered once");
+    assert_eq!(texts(&stored), ["one", "two", "three", "twice", "after"]);
+    assert_eq!(
+        sequences(&stored),
+        [Some(1), Some(2), Some(3), Some(4), Some(5)],
+        "stored once, numbered once"
+    );
     assert_eq!(b.broker.ready_count(room.name().as_str()), Some(0));
 
     shutdown.cancel();
-    tokio::time::timeout(WAIT, consumer)
+    tokio::time::timeout(WAIT, task)
         .await
         .expect("the consumer stops on shutdown")
         .expect("the consumer did not panic");
+}
+
+#[tokio::test]
+async fn a_consumer_behind_another_numberer_renumbers_after_the_stored_last() {
+    let b = backends();
+    let room = b.room("fenced", false, 10);
+    room.declare().await.expect("declare");
+    room.persist().await.expect("persist");
+    let heard = Arc::new(Heard::default());
+    let shutdown = CancellationToken::new();
+    let consumer = retrieve::RoomConsumer {
+        room: room.name().clone(),
+        broker: b.broker.clone(),
+        store: b.store.clone(),
+        announce: heard.clone(),
+    };
+    let task = tokio::spawn(retrieve::retrieve_messages(consumer, shutdown.clone()));
+    room.send_message("first".into(), props(&room))
+        .await
+        .expect("send");
+    eventually("first announced", || heard.texts().len() == 1).await;
+
+    // Another instance numbered and stored 2 and 3 meanwhile (this consumer believes 1 is last).
+    let elsewhere = numbered(&room, 2, 2);
+    b.store
+        .insert_messages(room.name(), &elsewhere)
+        .await
+        .expect("store elsewhere");
+    room.send_message("second".into(), props(&room))
+        .await
+        .expect("send");
+    eventually("second announced", || heard.texts().len() == 2).await;
+
+    let stored = b
+        .store
+        .latest_messages(room.name(), 10)
+        .await
+        .expect("latest");
+    assert_eq!(texts(&stored), ["first", "2", "3", "second"]);
+    assert_eq!(sequences(&stored), [Some(1), Some(2), Some(3), Some(4)]);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(WAIT, task).await;
+}
+
+#[tokio::test]
+async fn copies_of_a_stored_message_in_one_batch_all_read_as_the_stored_copy() {
+    let b = backends();
+    let room = b.room("copies", false, 10);
+    room.declare().await.expect("declare");
+    room.persist().await.expect("persist");
+    // Stored already as number 1 (a client's first attempt), then retried twice at once: both
+    // retries reach the consumer in one batch, behind them a marker.
+    let first = numbered(&room, 1, 1).remove(0);
+    b.store
+        .insert_messages(room.name(), std::slice::from_ref(&first))
+        .await
+        .expect("store");
+    let mut retry = first.clone();
+    retry.mess_props.sequence_number = None;
+    retry.mess_props.mess_type = MessageType::Sent;
+    let body = serde_json::to_vec(&retry).expect("serialise");
+    for _ in 0..2 {
+        b.broker
+            .publish(room.name(), body.clone())
+            .await
+            .expect("publish");
+    }
+    room.send_message("marker".into(), props(&room))
+        .await
+        .expect("send marker");
+
+    let heard = Arc::new(Heard::default());
+    let shutdown = CancellationToken::new();
+    let consumer = retrieve::RoomConsumer {
+        room: room.name().clone(),
+        broker: b.broker.clone(),
+        store: b.store.clone(),
+        announce: heard.clone(),
+    };
+    let task = tokio::spawn(retrieve::retrieve_messages(consumer, shutdown.clone()));
+    eventually("the batch announced", || heard.texts().len() == 3).await;
+    let announced = heard.0.lock().unwrap().clone();
+    assert_eq!(announced[0], first, "a retry reads as the stored copy");
+    assert_eq!(
+        announced[1], first,
+        "so does the second retry in the same batch"
+    );
+    assert_eq!(announced[2].message, "marker");
+    assert_eq!(announced[2].mess_props.sequence_number, Some(2));
+    shutdown.cancel();
+    let _ = tokio::time::timeout(WAIT, task).await;
 }

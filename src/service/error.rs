@@ -53,7 +53,7 @@ pub enum ChatError {
         /// What the request said.
         asked: &'static str,
     },
-    /// Rooms and aliases share one namespace (both name queues); this name is taken.
+    /// The alias is registered already.
     #[error("{0}")]
     NameTaken(String),
     /// The operation conflicts with the room's state.
@@ -96,6 +96,7 @@ impl From<RoomError> for ChatError {
     fn from(e: RoomError) -> Self {
         match e {
             RoomError::NotAMember { room, alias } => ChatError::NotAMember { room, alias },
+            RoomError::Gone(room) => ChatError::RoomNotFound(room),
             RoomError::EmptyMessage => ChatError::BadRequest(e.to_string()),
             RoomError::MessageTooLarge(n) => ChatError::MessageTooLarge(n),
             RoomError::NotAGroupRoom(_) | RoomError::OwnerCannotLeave(_) => {

@@ -1,16 +1,18 @@
 //! Reading: the newest messages, cursor pages by sequence number, search.
 
 use super::{ChatError, ChatService, MAX_HISTORY_LIMIT};
-use crate::model::{ChatMessage, RoomName};
+use crate::model::{Alias, ChatMessage, RoomName};
+use crate::room::ChatRoom;
 
 impl ChatService {
     /// The room's newest `limit` messages, oldest first (the newest page of [`Self::page`]).
     pub async fn history(
         &self,
+        actor: Option<&Alias>,
         name: &RoomName,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, ChatError> {
-        Ok(self.page(name, None, None, limit).await?.messages)
+        Ok(self.page(actor, name, None, None, limit).await?.messages)
     }
 }
 
@@ -32,72 +34,87 @@ impl ChatService {
     /// after `after`, or the newest. Pages meet without gap or overlap, wherever the cache ends.
     pub async fn page(
         &self,
+        actor: Option<&Alias>,
         name: &RoomName,
         before: Option<u64>,
         after: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, ChatError> {
         check_limit(limit)?;
-        let room = self.room(name)?;
-        let last = room.last_sequence();
-        match (before, after) {
-            (Some(_), Some(_)) => Err(ChatError::BadRequest(
-                "give before or after, not both".into(),
-            )),
-            (None, Some(after)) => {
-                let cached = room.cached();
-                let covered = cached
-                    .first()
-                    .and_then(|m| m.mess_props.sequence_number)
-                    .is_some_and(|oldest| oldest <= after.saturating_add(1));
-                let messages: Vec<ChatMessage> = if covered {
-                    cached
-                        .into_iter()
-                        .filter(|m| m.mess_props.sequence_number > Some(after))
-                        .take(limit)
-                        .collect()
-                } else {
-                    room.messages_after(after, limit).await?
-                };
-                let newest = messages
-                    .last()
-                    .and_then(|m| m.mess_props.sequence_number)
-                    .unwrap_or(after);
-                Ok(HistoryPage {
-                    more: newest < last,
-                    messages,
-                })
-            }
-            (before, None) => {
-                let before = before.unwrap_or(u64::MAX);
-                let mut cached: Vec<ChatMessage> = room
-                    .cached()
+        let room = self.room(name).await?;
+        self.may_read(actor, &room).await?;
+        page_of(&room, before, after, limit).await
+    }
+}
+
+/// A page of `room`'s history (see [`ChatService::page`]), for a reader already allowed.
+pub(super) async fn page_of(
+    room: &ChatRoom,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<HistoryPage, ChatError> {
+    let last = room.last_sequence();
+    match (before, after) {
+        (Some(_), Some(_)) => Err(ChatError::BadRequest(
+            "give before or after, not both".into(),
+        )),
+        (None, Some(after)) => {
+            let cached = room.cached();
+            let covered = cached
+                .first()
+                .and_then(|m| m.mess_props.sequence_number)
+                .is_some_and(|oldest| oldest <= after.saturating_add(1));
+            let messages: Vec<ChatMessage> = if covered {
+                cached
                     .into_iter()
-                    .filter(|m| m.mess_props.sequence_number < Some(before))
-                    .collect();
-                let oldest_cached = cached.first().and_then(|m| m.mess_props.sequence_number);
-                let messages = if cached.len() >= limit || oldest_cached == Some(1) {
-                    cached.split_off(cached.len().saturating_sub(limit))
-                } else {
-                    // The store has everything below what the cache holds (or below `before`).
-                    let below = oldest_cached.unwrap_or(before.min(last + 1));
-                    let mut older = room.messages_before(below, limit - cached.len()).await?;
-                    older.extend(cached);
-                    older
-                };
-                let oldest = messages.first().and_then(|m| m.mess_props.sequence_number);
-                Ok(HistoryPage {
-                    more: oldest.is_some_and(|s| s > 1),
-                    messages,
-                })
-            }
+                    .filter(|m| m.mess_props.sequence_number > Some(after))
+                    .take(limit)
+                    .collect()
+            } else {
+                room.messages_after(after, limit).await?
+            };
+            let newest = messages
+                .last()
+                .and_then(|m| m.mess_props.sequence_number)
+                .unwrap_or(after);
+            Ok(HistoryPage {
+                more: newest < last,
+                messages,
+            })
+        }
+        (before, None) => {
+            let before = before.unwrap_or(u64::MAX);
+            let mut cached: Vec<ChatMessage> = room
+                .cached()
+                .into_iter()
+                .filter(|m| m.mess_props.sequence_number < Some(before))
+                .collect();
+            let oldest_cached = cached.first().and_then(|m| m.mess_props.sequence_number);
+            let messages = if cached.len() >= limit || oldest_cached == Some(1) {
+                cached.split_off(cached.len().saturating_sub(limit))
+            } else {
+                // The store has everything below what the cache holds (or below `before`).
+                let below = oldest_cached.unwrap_or(before.min(last + 1));
+                let mut older = room.messages_before(below, limit - cached.len()).await?;
+                older.extend(cached);
+                older
+            };
+            let oldest = messages.first().and_then(|m| m.mess_props.sequence_number);
+            Ok(HistoryPage {
+                more: oldest.is_some_and(|s| s > 1),
+                messages,
+            })
         }
     }
+}
 
+impl ChatService {
     /// Messages of the room containing `query` (ASCII letters without case), newest first; with
     /// `exact`, only those whose whole text is `query` (the seed's `find_message`).
     pub async fn search(
         &self,
+        actor: Option<&Alias>,
         name: &RoomName,
         query: &str,
         exact: bool,
@@ -111,7 +128,8 @@ impl ChatService {
                 "limit must be between 1 and {MAX_SEARCH_RESULTS}"
             )));
         }
-        let room = self.room(name)?;
+        let room = self.room(name).await?;
+        self.may_read(actor, &room).await?;
         if exact && let Some(found) = room.find_message(query) {
             return Ok(vec![found]);
         }

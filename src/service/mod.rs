@@ -1,34 +1,53 @@
-//! `ChatService`: the use cases. It owns the [`RoomList`], runs one consumer task per room, and
-//! answers the HTTP layer. Cheap to clone. The use cases are grouped by file: [`send`] (sending,
-//! creating a room on its first send), [`rooms`] (creating, deleting, membership), [`history`]
-//! (history, cursor pages, search), [`auth`] (registration and tokens).
+//! `ChatService`: the use cases, and the only way into the chat. The HTTP layer calls a use case
+//! with the acting alias (`None` only in dev mode, for the seed's endpoints) and never holds a
+//! room; the service checks who may do what, and keeps this instance's rooms in step with every
+//! other instance's through the store (the registry) and the cluster events.
+//!
+//! The use cases are grouped by file: [`send`] (sending, creating a room on its first send),
+//! [`rooms`] (creating, deleting, membership, listing), [`history`] (history, cursor pages,
+//! search), [`live`] (following a room), [`auth`] (registration and tokens). Beside them:
+//! [`registry`] loads rooms on first use and runs their consumers, [`events`] applies and
+//! publishes cluster events, [`waiters`] holds the senders waiting for "stored", and [`access`]
+//! says who may read and write a room.
 
+mod access;
 mod auth;
 mod error;
+mod events;
 mod history;
+mod live;
+mod registry;
 mod rooms;
 mod send;
+mod waiters;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 pub use auth::Auth;
 pub use error::ChatError;
 pub use history::{HistoryPage, MAX_SEARCH_RESULTS};
+pub use live::{Follow, FollowEnd};
+pub use rooms::Creation;
 
 use crate::broker::Broker;
 use crate::model::{Alias, ChatMessage, RoomName};
-use crate::room::{ChatRoom, RoomList};
+use crate::room::RoomList;
 use crate::store::Store;
 
 /// Name of the deployment's room list.
 pub const ROOM_LIST_NAME: &str = "main";
 /// Most messages one history request may ask for.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// How long start-up waits for the first subscription to cluster events (and the catch-up after
+/// it) before serving anyway; sends made meanwhile may answer 202 instead of "stored".
+const EVENTS_READY_WAIT: Duration = Duration::from_secs(10);
 
 /// Tunables of the service.
 #[derive(Debug, Clone)]
@@ -67,6 +86,18 @@ pub struct SendRequest {
     pub group_room: Option<bool>,
     /// Client key making retries safe: sends with the same room, sender and key are one message.
     pub idempotency_key: Option<String>,
+    /// The seed's way (the first send creates the room, a first send to a group room joins it),
+    /// or the REST API's (the room must exist and the sender be a member).
+    pub mode: SendMode,
+}
+
+/// How a send treats a room that does not exist, or a sender not in a group room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendMode {
+    /// The seed's `/send/`: create the room on its first send, join a group room on a first send.
+    CreateOrJoin,
+    /// The REST API: the room must exist and the sender must be a member.
+    MemberOnly,
 }
 
 /// How far a send got before the service answered.
@@ -93,25 +124,32 @@ pub struct ChatService {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+/// What every clone of the service shares.
+pub(crate) struct Inner {
+    /// This process's id in the cluster: its own events come back to it and are skipped.
+    instance: Uuid,
+    /// The rooms this instance has loaded (a cache of the store's).
     rooms: RoomList,
     /// Registered aliases and their tokens.
     auth: Auth,
     broker: Arc<dyn Broker>,
     store: Arc<dyn Store>,
     config: ServiceConfig,
-    /// Serialises room creation, so two first sends to one room create it once.
-    creating: tokio::sync::Mutex<()>,
-    /// Fired once to stop every consumer.
+    /// Senders waiting for their message to be stored, on this instance.
+    waiters: waiters::Waiters,
+    /// Fired once to stop every task.
     shutdown: CancellationToken,
-    /// Each room's consumer, to stop one room alone.
-    consumers: Mutex<HashMap<RoomName, CancellationToken>>,
-    /// Every consumer task, to wait for them on shutdown.
+    /// Each room's consumer (with a number telling one run from the next), to stop one alone.
+    consumers: Mutex<HashMap<RoomName, (u64, CancellationToken)>>,
+    /// Numbers the consumer runs.
+    consumer_runs: AtomicU64,
+    /// Every task (consumers, the events listener), to wait for them on shutdown.
     tasks: TaskTracker,
 }
 
 impl ChatService {
-    /// Restores the room list from the store and starts every room's consumer.
+    /// Starts the service: subscribes to cluster events, catches up with the store (starting a
+    /// consumer for every room of the stored list) and returns. Rooms are loaded on first use.
     pub async fn start(
         broker: Arc<dyn Broker>,
         store: Arc<dyn Store>,
@@ -123,24 +161,33 @@ impl ChatService {
             store.clone(),
             config.cache_capacity,
         );
-        rooms.restore().await?;
         let service = Self {
             inner: Arc::new(Inner {
+                instance: Uuid::new_v4(),
                 rooms,
                 auth: Auth::new(store.clone()),
                 broker,
                 store,
                 config,
-                creating: tokio::sync::Mutex::new(()),
+                waiters: waiters::Waiters::default(),
                 shutdown: CancellationToken::new(),
                 consumers: Mutex::new(HashMap::new()),
+                consumer_runs: AtomicU64::new(0),
                 tasks: TaskTracker::new(),
             }),
         };
-        for room in service.inner.rooms.rooms() {
-            service.spawn_consumer(room);
+        let (ready, listening) = tokio::sync::oneshot::channel();
+        let listener = service
+            .clone()
+            .listen(service.inner.shutdown.child_token(), ready);
+        service.inner.tasks.spawn(listener);
+        if tokio::time::timeout(EVENTS_READY_WAIT, listening)
+            .await
+            .is_err()
+        {
+            tracing::warn!("cluster events not subscribed yet; serving anyway");
         }
-        tracing::info!(rooms = service.inner.rooms.rooms().len(), "service started");
+        tracing::info!(instance = %service.inner.instance, "service started");
         Ok(service)
     }
 
@@ -154,35 +201,20 @@ impl ChatService {
         self.inner.config.require_auth
     }
 
+    /// This instance's id in the cluster.
+    pub fn instance(&self) -> Uuid {
+        self.inner.instance
+    }
+
     /// Fires when the service shuts down: long-lived work outside the service (live sockets,
     /// which the HTTP server does not wait for once upgraded) stops on it.
     pub fn shutdown_signal(&self) -> CancellationToken {
         self.inner.shutdown.child_token()
     }
 
-    /// The room list.
+    /// The rooms this instance has loaded.
     pub fn rooms(&self) -> &RoomList {
         &self.inner.rooms
-    }
-
-    /// The room with this name, or `RoomNotFound`.
-    pub fn room(&self, name: &RoomName) -> Result<ChatRoom, ChatError> {
-        self.inner
-            .rooms
-            .find(name)
-            .ok_or_else(|| ChatError::RoomNotFound(name.clone()))
-    }
-
-    fn spawn_consumer(&self, room: ChatRoom) {
-        let token = self.inner.shutdown.child_token();
-        self.inner
-            .consumers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(room.name().clone(), token.clone());
-        self.inner
-            .tasks
-            .spawn(async move { room.retrieve_messages(token).await });
     }
 
     /// Pings the broker and the store (each within two seconds).
@@ -203,10 +235,6 @@ impl ChatService {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-        // Rooms' metadata (modify times) changes with every message; save it once, here.
-        if let Err(e) = self.inner.rooms.persist().await {
-            tracing::warn!(error = %e, "could not save room metadata at shutdown");
-        }
     }
 }
 

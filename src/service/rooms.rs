@@ -1,12 +1,24 @@
-//! Rooms: creating (explicitly, or by a first send), deleting, membership, and the one namespace
-//! that rooms and aliases share.
+//! Rooms: creating (explicitly, or by a first send), deleting, membership and listing. Each
+//! change is decided by one atomic write in the store, made on the broker after it (undone in the
+//! store if the broker refuses), and announced to every instance.
 
-use super::{ChatError, ChatService, SendRequest};
-use crate::model::{Alias, RoomName};
-use crate::room::ChatRoom;
+use super::{ChatError, ChatService, SendRequest, kind};
+use crate::model::{Alias, ClusterEvent, RoomMeta, RoomName, now};
+use crate::room::{ChatRoom, declare_topology};
+use crate::store::Created;
+
+/// What [`ChatService::create_room`] did.
+#[derive(Debug, Clone)]
+pub enum Creation {
+    /// The room is new, as asked.
+    Created(RoomMeta),
+    /// The same room existed already (a retry, or the same creation on another instance).
+    Existing(RoomMeta),
+}
 
 impl ChatService {
-    /// Creates the room named by a first send (it may have been created meanwhile).
+    /// Creates the room named by a first send. If another send (on any instance) created it
+    /// meanwhile, that room is the one used.
     pub(super) async fn create_room_for(
         &self,
         request: &SendRequest,
@@ -23,24 +35,60 @@ impl ChatService {
                 ))
             })?)
         };
-        let created = self
-            .create_room(&request.room_name, group_room, &request.from_alias, other)
-            .await;
-        match created {
-            Err(ChatError::Conflict(_)) => self.room(&request.room_name),
-            other => other,
+        self.create(&request.room_name, group_room, &request.from_alias, other)
+            .await?;
+        self.room(&request.room_name).await
+    }
+
+    /// Creates a room owned by `owner` (a private room with `other`, a group room without). If
+    /// a room of that name exists already, it counts as this creation when it is the same room
+    /// (same kind and owner, and for a private room the same other member), else `Conflict`.
+    pub async fn create_room(
+        &self,
+        owner: &Alias,
+        name: &RoomName,
+        group_room: bool,
+        other: Option<Alias>,
+    ) -> Result<Creation, ChatError> {
+        match self.create(name, group_room, owner, other.clone()).await? {
+            Created::New => Ok(Creation::Created(self.room(name).await?.meta())),
+            Created::Existing(meta) => {
+                let mut asked: Vec<&Alias> = [Some(owner), other.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                asked.sort();
+                let same = meta.group_room == group_room
+                    && meta.owner_alias == *owner
+                    && (group_room || meta.members.iter().eq(asked.iter().copied()));
+                if same {
+                    Ok(Creation::Existing(meta))
+                } else if meta.group_room != group_room {
+                    Err(ChatError::KindConflict {
+                        room: name.clone(),
+                        actual: kind(meta.group_room),
+                        asked: kind(group_room),
+                    })
+                } else {
+                    Err(ChatError::Conflict(format!(
+                        "room {name} already exists, owned by {}",
+                        meta.owner_alias
+                    )))
+                }
+            }
         }
     }
 
-    /// Creates a room owned by `owner` (a private room with `other`, a group room without):
-    /// declared on the broker, saved, listed, consumed. `Conflict` if it exists.
-    pub async fn create_room(
+    /// The creation itself: one atomic insert of the metadata decides it (of two creations of
+    /// one name, on any instances, one wins); then the broker topology and the stored room list.
+    /// If either of those fails, what was done is undone and the caller hears `Unavailable`.
+    async fn create(
         &self,
         name: &RoomName,
         group_room: bool,
         owner: &Alias,
         other: Option<Alias>,
-    ) -> Result<ChatRoom, ChatError> {
+    ) -> Result<Created, ChatError> {
         match (&other, group_room) {
             (None, false) => {
                 return Err(ChatError::BadRequest(format!(
@@ -59,103 +107,142 @@ impl ChatService {
             }
             _ => {}
         }
-        let _one_at_a_time = self.inner.creating.lock().await;
-        if self.inner.rooms.find(name).is_some() {
-            return Err(ChatError::Conflict(format!("room {name} already exists")));
-        }
-        self.check_alias_free(owner)?;
-        if let Some(o) = &other {
-            self.check_alias_free(o)?;
-        }
-        self.check_room_name_free(name, [Some(owner), other.as_ref()].into_iter().flatten())?;
-
-        let room = ChatRoom::new(
-            name.clone(),
+        let created = now();
+        let mut members: Vec<Alias> = [Some(owner.clone()), other].into_iter().flatten().collect();
+        members.sort();
+        let meta = RoomMeta {
+            name: name.clone(),
             group_room,
-            owner.clone(),
-            other,
-            self.inner.broker.clone(),
-            self.inner.store.clone(),
-            self.inner.config.cache_capacity,
-        );
-        // A room saved before a crash, but not yet in the saved list, is taken back as it was.
-        let restored = room.restore().await?;
-        room.declare().await?;
-        if !restored {
-            room.persist().await?;
+            owner_alias: owner.clone(),
+            members,
+            create_time: created,
+            modify_time: created,
+            version: 0,
+        };
+        let store = &self.inner.store;
+        let existing = match store.create_room(&meta).await? {
+            Created::New => None,
+            Created::Existing(existing) => Some(existing),
+        };
+        if let Some(existing) = existing {
+            return Ok(Created::Existing(existing));
         }
-        self.inner.rooms.add(room.clone());
-        self.inner.rooms.persist_meta().await?;
-        self.spawn_consumer(room.clone());
-        tracing::info!(room = %name, group_room = room.group_room(), "room created");
-        Ok(room)
+        let broker = self.inner.broker.as_ref();
+        let ready = async {
+            declare_topology(broker, &meta).await?;
+            self.inner.rooms.register(name).await?;
+            Ok::<_, ChatError>(())
+        };
+        if let Err(e) = ready.await {
+            tracing::warn!(room = %name, error = %e, "room creation failed; undoing it");
+            let _ = broker.delete_room(name, group_room).await;
+            if let Err(undo) = store.delete_room(name).await {
+                tracing::error!(room = %name, error = %undo,
+                    "could not undo a failed room creation: the room stays in the store");
+            }
+            return Err(e);
+        }
+        self.announce(ClusterEvent::RoomCreated { room: name.clone() })
+            .await;
+        tracing::info!(room = %name, group_room, "room created");
+        Ok(Created::New)
     }
 
-    /// Registers an alias (not a room's name) and returns its token.
+    /// Deletes a room (its owner only): its metadata and history, then its entry in the room
+    /// list, its consumers, live feeds and waiting senders on every instance, then its queue and
+    /// exchange.
+    pub async fn delete_room(&self, actor: &Alias, name: &RoomName) -> Result<(), ChatError> {
+        let room = self.room(name).await?;
+        if room.owner_alias() != *actor {
+            return Err(ChatError::Forbidden(format!(
+                "only the owner of {name} may delete it"
+            )));
+        }
+        // The deletion is decided here: from now on the room does not exist.
+        self.inner.store.delete_room(name).await?;
+        if let Err(e) = self.inner.rooms.unregister(name).await {
+            tracing::warn!(room = %name, error = %e, "deleted room left in the stored room list");
+        }
+        self.announce(ClusterEvent::RoomDeleted { room: name.clone() })
+            .await;
+        if let Err(e) = self.inner.broker.delete_room(name, room.group_room()).await {
+            tracing::warn!(room = %name, error = %e, "deleted room's queue left on the broker");
+        }
+        tracing::info!(room = %name, "room deleted");
+        Ok(())
+    }
+
+    /// Registers an alias and returns its token.
     pub async fn register(&self, alias: &Alias) -> Result<String, ChatError> {
-        self.check_alias_free(alias)?;
         self.inner.auth.register(alias).await
     }
 
-    /// Adds `alias` to a group room (binding its inbox queue); `false` if it was a member.
-    pub async fn add_member(&self, room: &RoomName, alias: &Alias) -> Result<bool, ChatError> {
-        let room = self.room(room)?;
-        self.check_alias_free(alias)?;
-        Ok(room.add_group_member(alias).await?)
-    }
-
-    /// An alias may not be a room's name: both name queues on the broker.
-    pub(super) fn check_alias_free(&self, alias: &Alias) -> Result<(), ChatError> {
-        let as_room = RoomName::new(alias.as_str())?;
-        if self.inner.rooms.find(&as_room).is_some() {
-            return Err(ChatError::NameTaken(format!(
-                "{alias} is the name of a room; rooms and aliases share one namespace"
-            )));
-        }
-        Ok(())
-    }
-
-    /// A new room's name may not be an alias in use (nor one of `involved`).
-    fn check_room_name_free<'a>(
+    /// Adds `alias` to a group room (`add_group_member`): anyone may join; a member may add
+    /// someone else. Returns the room's metadata after the change.
+    pub async fn add_member(
         &self,
-        name: &RoomName,
-        mut involved: impl Iterator<Item = &'a Alias>,
-    ) -> Result<(), ChatError> {
-        let taken = involved.any(|a| a.as_str() == name.as_str())
-            || self
-                .inner
-                .rooms
-                .rooms()
-                .iter()
-                .any(|room| room.members().iter().any(|m| m.as_str() == name.as_str()));
-        if taken {
-            return Err(ChatError::NameTaken(format!(
-                "{name} is an alias; rooms and aliases share one namespace"
+        actor: &Alias,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<RoomMeta, ChatError> {
+        let room = self.room(room).await?;
+        if actor != alias && !self.is_member(&room, actor).await? {
+            return Err(ChatError::NotAMember {
+                room: room.name().clone(),
+                alias: actor.clone(),
+            });
+        }
+        self.join(&room, alias).await?;
+        Ok(room.meta())
+    }
+
+    /// Removes `alias` from a group room (`remove_group_member`): a member may leave, the owner
+    /// may remove anyone else. The alias's live feeds of the room end, on every instance.
+    pub async fn remove_member(
+        &self,
+        actor: &Alias,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<RoomMeta, ChatError> {
+        let room = self.room(room).await?;
+        if actor != alias && room.owner_alias() != *actor {
+            return Err(ChatError::Forbidden(format!(
+                "only {alias} or the owner of {} may remove {alias}",
+                room.name()
             )));
+        }
+        room.remove_group_member(alias).await?;
+        self.announce(ClusterEvent::RoomChanged { meta: room.meta() })
+            .await;
+        Ok(room.meta())
+    }
+
+    /// Adds `alias` to a group room and tells every instance.
+    pub(super) async fn join(&self, room: &ChatRoom, alias: &Alias) -> Result<(), ChatError> {
+        if room.add_group_member(alias).await? {
+            self.announce(ClusterEvent::RoomChanged { meta: room.meta() })
+                .await;
         }
         Ok(())
     }
 
-    /// Deletes a room: stops its consumer, removes its queue and exchange, its collection and
-    /// its entry in the room list.
-    pub async fn delete_room(&self, name: &RoomName) -> Result<(), ChatError> {
-        let room = self.room(name)?;
-        let token = self
-            .inner
-            .consumers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        if let Some(token) = token {
-            token.cancel();
+    /// The metadata of every room `actor` is a member of, in name order.
+    pub async fn rooms_of(&self, actor: &Alias) -> Result<Vec<RoomMeta>, ChatError> {
+        let mut metas = Vec::new();
+        for name in self.inner.store.rooms_of(actor).await? {
+            let meta = match self.inner.rooms.find(&name) {
+                Some(room) => Some(room.meta()),
+                None => self.inner.store.load_room(&name).await?,
+            };
+            metas.extend(meta.filter(|m| m.members.contains(actor)));
         }
-        self.inner
-            .broker
-            .delete_room(name, room.group_room())
-            .await?;
-        self.inner.store.delete_room(name).await?;
-        self.inner.rooms.remove(name);
-        self.inner.rooms.persist_meta().await?;
-        Ok(())
+        Ok(metas)
+    }
+
+    /// A room's metadata, for one of its members.
+    pub async fn room_meta(&self, actor: &Alias, name: &RoomName) -> Result<RoomMeta, ChatError> {
+        let room = self.room(name).await?;
+        self.may_read(Some(actor), &room).await?;
+        Ok(room.meta())
     }
 }

@@ -1,15 +1,42 @@
 //! Sending: the seed's `/send/` semantics, shared by the REST API.
 
-use super::{ChatError, ChatService, SendOutcome, SendRequest, kind};
+use std::time::Instant;
+
+use super::waiters::RoomGone;
+use super::{ChatError, ChatService, SendMode, SendOutcome, SendRequest, kind};
+use crate::metrics as m;
 use crate::model::{
     Alias, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MessageProperties, idempotent_id,
 };
-use crate::room::ChatRoom;
+use crate::room::{ChatRoom, RoomError};
 
 impl ChatService {
-    /// Sends a message (creating the room on its first send) and answers once it is stored, or
-    /// once the broker confirmed it if storing takes longer than `store_wait`.
-    pub async fn send(&self, request: SendRequest) -> Result<SendOutcome, ChatError> {
+    /// Sends a message as `actor` (creating the room on its first send) and answers once it is
+    /// stored, by whichever instance numbers the room, or once the broker confirmed it if storing
+    /// takes longer than `store_wait`.
+    pub async fn send(
+        &self,
+        actor: Option<&Alias>,
+        request: SendRequest,
+    ) -> Result<SendOutcome, ChatError> {
+        let started = Instant::now();
+        let outcome = self.send_inner(actor, request).await;
+        let label = match &outcome {
+            Ok(SendOutcome::Stored(_)) => "stored",
+            Ok(SendOutcome::Accepted(_)) => "accepted",
+            Err(ChatError::Unavailable(_)) => "unavailable",
+            Err(_) => "refused",
+        };
+        metrics::counter!(m::SENDS, "outcome" => label).increment(1);
+        metrics::histogram!(m::SEND_SECONDS).record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn send_inner(
+        &self,
+        actor: Option<&Alias>,
+        request: SendRequest,
+    ) -> Result<SendOutcome, ChatError> {
         if request.message.is_empty() {
             return Err(ChatError::BadRequest("message must not be empty".into()));
         }
@@ -23,9 +50,14 @@ impl ChatService {
                 "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes long"
             )));
         }
-        let room = match self.inner.rooms.find(&request.room_name) {
-            Some(room) => room,
-            None => self.create_room_for(&request).await?,
+        self.may_post_as(actor, &request.from_alias)?;
+        let create_or_join = request.mode == SendMode::CreateOrJoin;
+        let room = match self.room(&request.room_name).await {
+            Ok(room) => room,
+            Err(ChatError::RoomNotFound(_)) if create_or_join => {
+                self.create_room_for(&request).await?
+            }
+            Err(e) => return Err(e),
         };
         let group_room = room.group_room();
         if let Some(asked) = request.group_room
@@ -38,13 +70,18 @@ impl ChatService {
             });
         }
         let to_user = if group_room {
-            if !room.is_member(&request.from_alias) {
-                self.check_alias_free(&request.from_alias)?;
-                room.add_group_member(&request.from_alias).await?;
+            if !self.is_member(&room, &request.from_alias).await? {
+                if !create_or_join {
+                    return Err(ChatError::NotAMember {
+                        room: room.name().clone(),
+                        alias: request.from_alias.clone(),
+                    });
+                }
+                self.join(&room, &request.from_alias).await?;
             }
             room.name().to_string()
         } else {
-            self.private_recipient(&room, &request)?.to_string()
+            self.private_recipient(&room, &request).await?.to_string()
         };
         let mut props =
             MessageProperties::new_sent(room.name().clone(), request.from_alias.clone(), to_user);
@@ -52,19 +89,21 @@ impl ChatService {
             props.id = idempotent_id(room.name(), &request.from_alias, key);
         }
         let id = props.id;
-        let stored = room.register_waiter(id);
+        let waiters = &self.inner.waiters;
+        let stored = waiters.register(room.name(), id);
         let sent = match room.send_message(request.message, props).await {
             Ok(sent) => sent,
             Err(e) => {
-                room.forget_waiter(&id);
-                return Err(e.into());
+                waiters.forget(&id);
+                return Err(self.refused(&room, e).await);
             }
         };
         let stored = tokio::time::timeout(self.inner.config.store_wait, stored).await;
-        if let Ok(Ok(stored)) = stored {
-            return Ok(SendOutcome::Stored(stored));
+        match stored {
+            Ok(Ok(Ok(stored))) => return Ok(SendOutcome::Stored(stored)),
+            Ok(Ok(Err(RoomGone))) => return Err(ChatError::RoomNotFound(room.name().clone())),
+            _ => waiters.forget(&id),
         }
-        room.forget_waiter(&id);
         if self.inner.broker.durable() {
             // The broker holds it durably: it will be stored once the store can take it.
             Ok(SendOutcome::Accepted(sent))
@@ -78,32 +117,65 @@ impl ChatService {
         }
     }
 
+    /// Why a publish was refused, for the client. A send the broker could not route to the
+    /// room's queue is not accepted: if the room was deleted meanwhile it is not found, else its
+    /// queue is missing (deleted behind the service), which the room's consumer declares again
+    /// when the broker cancels it: a retry succeeds shortly.
+    async fn refused(&self, room: &ChatRoom, error: RoomError) -> ChatError {
+        if !matches!(
+            error,
+            RoomError::Broker(crate::broker::BrokerError::Unroutable(_))
+        ) {
+            return error.into();
+        }
+        match self.refresh(room).await {
+            Err(gone @ ChatError::RoomNotFound(_)) => gone,
+            _ => ChatError::Unavailable(format!(
+                "room {}'s queue could not take the message; it is being declared again: retry \
+                 shortly (with an idempotency_key to send it exactly once)",
+                room.name()
+            )),
+        }
+    }
+
     /// The other member of a private room, checking that sender and recipient both belong.
-    fn private_recipient(
+    async fn private_recipient(
         &self,
         room: &ChatRoom,
         request: &SendRequest,
     ) -> Result<Alias, ChatError> {
-        let members = room.members();
-        let full = || ChatError::PrivateRoomFull {
-            room: room.name().clone(),
-            members: members
-                .iter()
-                .map(Alias::as_str)
-                .collect::<Vec<_>>()
-                .join(" and "),
-        };
-        if !members.contains(&request.from_alias) {
-            return Err(full());
+        // The two members of a private room never change; only a room object loaded before
+        // the room was re-created under the same name can be wrong, so check the store on "no".
+        if !self.is_member(room, &request.from_alias).await? {
+            if request.mode == SendMode::MemberOnly {
+                return Err(ChatError::NotAMember {
+                    room: room.name().clone(),
+                    alias: request.from_alias.clone(),
+                });
+            }
+            return Err(private_room_full(room));
         }
-        let other = members
-            .iter()
-            .find(|m| **m != request.from_alias)
-            .cloned()
+        let other = room
+            .members()
+            .into_iter()
+            .find(|m| *m != request.from_alias)
             .unwrap_or_else(|| request.from_alias.clone());
         match &request.to_alias {
-            Some(to) if *to != other => Err(full()),
+            Some(to) if *to != other => Err(private_room_full(room)),
             _ => Ok(other),
         }
+    }
+}
+
+/// A private room refusing a third alias.
+fn private_room_full(room: &ChatRoom) -> ChatError {
+    ChatError::PrivateRoomFull {
+        room: room.name().clone(),
+        members: room
+            .members()
+            .iter()
+            .map(Alias::as_str)
+            .collect::<Vec<_>>()
+            .join(" and "),
     }
 }

@@ -1,9 +1,14 @@
 //! The embedded store: the store's logical layout in one `redb` file, durable on every commit.
 //!
-//! Tables: `room_lists` (name → JSON), `rooms` (room → JSON metadata), `messages`
-//! ((room, sequence number) → JSON message), `message_ids` ((room, id) → sequence number), which
-//! makes writes idempotent by id, and `users` (alias → JSON record with the token's hash). redb is synchronous, so each call runs on tokio's
-//! blocking pool.
+//! Tables: `room_lists` (name → JSON), `rooms` (room → JSON metadata), `memberships` (alias →
+//! JSON list of the rooms it was added to), `messages` ((room, sequence number) → JSON message),
+//! which holds one message per number, `message_ids` ((room, id) → sequence number), which makes
+//! writes idempotent by id, and `users` (alias → JSON record with the token's hash). redb is
+//! synchronous, so each call runs on tokio's blocking pool; its write transactions are serial,
+//! which makes every read-modify-write here atomic.
+//!
+//! redb locks its file: a second process opening the same data directory is refused, since the
+//! embedded back ends serve one process (several instances need RabbitMQ and MongoDB).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::{Inserted, Store, StoreError};
+use super::{Created, InsertStop, Inserted, MemberChange, Store, StoreError};
 use crate::model::{Alias, ChatMessage, RoomListMeta, RoomMeta, RoomName, UserRecord};
 
 const ROOM_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_lists");
@@ -22,6 +27,7 @@ const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const MESSAGE_IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("message_ids");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const MEMBERSHIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("memberships");
 
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "mess-chat.redb";
@@ -59,13 +65,25 @@ impl EmbeddedStore {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
-        let db = redb!(Database::create(data_dir.join(FILE_NAME)));
+        let path = data_dir.join(FILE_NAME);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Unavailable(format!(
+                    "{} is in use by another mess-chat process: the embedded store serves one \
+                     process (run several instances on RabbitMQ and MongoDB instead)",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(redb::Error::from(e).into()),
+        };
         let txn = redb!(db.begin_write());
         redb!(txn.open_table(ROOM_LISTS));
         redb!(txn.open_table(ROOMS));
         redb!(txn.open_table(MESSAGES));
         redb!(txn.open_table(MESSAGE_IDS));
         redb!(txn.open_table(USERS));
+        redb!(txn.open_table(MEMBERSHIPS));
         redb!(txn.commit());
         Ok(Self { db: Arc::new(db) })
     }
@@ -81,6 +99,113 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
+}
+
+/// A JSON value of a table, if the key is there.
+fn read_json<K, T>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    key: K::SelfType<'_>,
+) -> Result<Option<T>, StoreError>
+where
+    K: redb::Key + 'static,
+    T: DeserializeOwned,
+{
+    match redb!(table.get(key)) {
+        Some(value) => decode(value.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Changes the list of rooms `alias` was added to.
+fn edit_memberships(
+    txn: &redb::WriteTransaction,
+    alias: &str,
+    edit: impl FnOnce(&mut Vec<RoomName>),
+) -> Result<(), StoreError> {
+    let mut table = redb!(txn.open_table(MEMBERSHIPS));
+    let mut rooms: Vec<RoomName> = read_json(&table, alias)?.unwrap_or_default();
+    edit(&mut rooms);
+    rooms.sort();
+    rooms.dedup();
+    if rooms.is_empty() {
+        redb!(table.remove(alias));
+    } else {
+        redb!(table.insert(alias, encode(&rooms)?.as_slice()));
+    }
+    Ok(())
+}
+
+/// A new, empty room list named `list`, made now.
+fn empty_list(list: &str) -> RoomListMeta {
+    let now = crate::model::now();
+    RoomListMeta {
+        name: list.to_string(),
+        rooms: Vec::new(),
+        create_time: now,
+        modify_time: now,
+    }
+}
+
+/// Changes a room's stored metadata in one write transaction; `None` if there is no such room.
+fn edit_room(
+    db: &Database,
+    room: &RoomName,
+    edit: impl FnOnce(&mut RoomMeta, &redb::WriteTransaction) -> Result<(), StoreError>,
+) -> Result<Option<RoomMeta>, StoreError> {
+    let txn = redb!(db.begin_write());
+    let meta = {
+        let mut rooms = redb!(txn.open_table(ROOMS));
+        let Some(mut meta) = read_json::<&str, RoomMeta>(&rooms, room.as_str())? else {
+            return Ok(None);
+        };
+        edit(&mut meta, &txn)?;
+        meta.members.sort();
+        meta.members.dedup();
+        redb!(rooms.insert(room.as_str(), encode(&meta)?.as_slice()));
+        meta
+    };
+    redb!(txn.commit());
+    Ok(Some(meta))
+}
+
+/// Changes the room list `list` in one write transaction, creating it (as `new`) if need be.
+fn edit_room_list(
+    db: &Database,
+    list: &str,
+    new: impl FnOnce() -> RoomListMeta,
+    edit: impl FnOnce(&mut RoomListMeta),
+) -> Result<(), StoreError> {
+    let txn = redb!(db.begin_write());
+    {
+        let mut lists = redb!(txn.open_table(ROOM_LISTS));
+        let mut meta = read_json(&lists, list)?.unwrap_or_else(new);
+        edit(&mut meta);
+        meta.rooms.sort();
+        meta.rooms.dedup();
+        redb!(lists.insert(list, encode(&meta)?.as_slice()));
+    }
+    redb!(txn.commit());
+    Ok(())
+}
+
+/// Why a numbered message cannot be written at its place, if it cannot.
+fn collision(
+    ids: &impl ReadableTable<(&'static str, u128), u64>,
+    messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    room: &str,
+    id: u128,
+    seq: u64,
+) -> Result<Option<Inserted>, StoreError> {
+    if let Some(first_seq) = redb!(ids.get((room, id))).map(|v| v.value()) {
+        let stored = redb!(messages.get((room, first_seq))).ok_or_else(|| {
+            StoreError::Malformed(format!("message id without message in {room}"))
+        })?;
+        return Ok(Some(Inserted::Existing(decode(stored.value())?)));
+    }
+    if redb!(messages.get((room, seq))).is_some() {
+        return Ok(Some(Inserted::NumberTaken));
+    }
+    Ok(None)
 }
 
 fn messages_in(
@@ -106,12 +231,17 @@ fn messages_in(
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn save_room_list(&self, meta: &RoomListMeta) -> Result<(), StoreError> {
-        let (name, bytes) = (meta.name.clone(), encode(meta)?);
+        let meta = meta.clone();
         self.blocking(move |db| {
-            let txn = redb!(db.begin_write());
-            redb!(redb!(txn.open_table(ROOM_LISTS)).insert(name.as_str(), bytes.as_slice()));
-            redb!(txn.commit());
-            Ok(())
+            let name = meta.name.clone();
+            let new = || RoomListMeta {
+                rooms: Vec::new(),
+                ..meta.clone()
+            };
+            edit_room_list(db, &name, new, |stored| {
+                stored.rooms.extend(meta.rooms.iter().cloned());
+                stored.modify_time = stored.modify_time.max(meta.modify_time);
+            })
         })
         .await
     }
@@ -120,20 +250,85 @@ impl Store for EmbeddedStore {
         let name = name.to_string();
         self.blocking(move |db| {
             let txn = redb!(db.begin_read());
-            let table = redb!(txn.open_table(ROOM_LISTS));
-            match redb!(table.get(name.as_str())) {
-                Some(value) => decode(value.value()).map(Some),
-                None => Ok(None),
+            read_json(&redb!(txn.open_table(ROOM_LISTS)), name.as_str())
+        })
+        .await
+    }
+
+    async fn add_to_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
+        let (list, room) = (list.to_string(), room.clone());
+        self.blocking(move |db| {
+            edit_room_list(
+                db,
+                &list,
+                || empty_list(&list),
+                |meta| {
+                    meta.rooms.push(room);
+                    meta.modify_time = crate::model::now();
+                },
+            )
+        })
+        .await
+    }
+
+    async fn remove_from_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
+        let (list, room) = (list.to_string(), room.clone());
+        self.blocking(move |db| {
+            edit_room_list(
+                db,
+                &list,
+                || empty_list(&list),
+                |meta| {
+                    meta.rooms.retain(|r| *r != room);
+                    meta.modify_time = crate::model::now();
+                },
+            )
+        })
+        .await
+    }
+
+    async fn create_room(&self, meta: &RoomMeta) -> Result<Created, StoreError> {
+        let meta = meta.clone();
+        self.blocking(move |db| {
+            let txn = redb!(db.begin_write());
+            {
+                let mut rooms = redb!(txn.open_table(ROOMS));
+                if let Some(existing) = read_json(&rooms, meta.name.as_str())? {
+                    return Ok(Created::Existing(existing));
+                }
+                redb!(rooms.insert(meta.name.as_str(), encode(&meta)?.as_slice()));
             }
+            for alias in &meta.members {
+                edit_memberships(&txn, alias.as_str(), |rooms| rooms.push(meta.name.clone()))?;
+            }
+            redb!(txn.commit());
+            Ok(Created::New)
         })
         .await
     }
 
     async fn save_room(&self, meta: &RoomMeta) -> Result<(), StoreError> {
-        let (name, bytes) = (meta.name.clone(), encode(meta)?);
+        let meta = meta.clone();
         self.blocking(move |db| {
             let txn = redb!(db.begin_write());
-            redb!(redb!(txn.open_table(ROOMS)).insert(name.as_str(), bytes.as_slice()));
+            let created = {
+                let mut rooms = redb!(txn.open_table(ROOMS));
+                let stored: Option<RoomMeta> = read_json(&rooms, meta.name.as_str())?;
+                let (saved, created) = match stored {
+                    Some(mut stored) => {
+                        stored.modify_time = stored.modify_time.max(meta.modify_time);
+                        (stored, false)
+                    }
+                    None => (meta.clone(), true),
+                };
+                redb!(rooms.insert(meta.name.as_str(), encode(&saved)?.as_slice()));
+                created
+            };
+            if created {
+                for alias in &meta.members {
+                    edit_memberships(&txn, alias.as_str(), |rooms| rooms.push(meta.name.clone()))?;
+                }
+            }
             redb!(txn.commit());
             Ok(())
         })
@@ -144,11 +339,61 @@ impl Store for EmbeddedStore {
         let room = room.clone();
         self.blocking(move |db| {
             let txn = redb!(db.begin_read());
-            let table = redb!(txn.open_table(ROOMS));
-            match redb!(table.get(room.as_str())) {
-                Some(value) => decode(value.value()).map(Some),
-                None => Ok(None),
-            }
+            read_json(&redb!(txn.open_table(ROOMS)), room.as_str())
+        })
+        .await
+    }
+
+    async fn add_member(
+        &self,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<Option<MemberChange>, StoreError> {
+        let (room, alias) = (room.clone(), alias.clone());
+        self.blocking(move |db| {
+            let mut changed = false;
+            let meta = edit_room(db, &room, |meta, txn| {
+                changed = !meta.members.contains(&alias);
+                if changed {
+                    meta.members.push(alias.clone());
+                    meta.version += 1;
+                    meta.modify_time = meta.modify_time.max(crate::model::now());
+                }
+                edit_memberships(txn, alias.as_str(), |rooms| rooms.push(room.clone()))
+            })?;
+            Ok(meta.map(|meta| MemberChange { meta, changed }))
+        })
+        .await
+    }
+
+    async fn remove_member(
+        &self,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<Option<MemberChange>, StoreError> {
+        let (room, alias) = (room.clone(), alias.clone());
+        self.blocking(move |db| {
+            let mut changed = false;
+            let meta = edit_room(db, &room, |meta, txn| {
+                changed = meta.members.contains(&alias);
+                if changed {
+                    meta.members.retain(|m| *m != alias);
+                    meta.version += 1;
+                    meta.modify_time = meta.modify_time.max(crate::model::now());
+                }
+                edit_memberships(txn, alias.as_str(), |rooms| rooms.retain(|r| *r != room))
+            })?;
+            Ok(meta.map(|meta| MemberChange { meta, changed }))
+        })
+        .await
+    }
+
+    async fn rooms_of(&self, alias: &Alias) -> Result<Vec<RoomName>, StoreError> {
+        let alias = alias.clone();
+        self.blocking(move |db| {
+            let txn = redb!(db.begin_read());
+            let rooms = read_json(&redb!(txn.open_table(MEMBERSHIPS)), alias.as_str())?;
+            Ok(rooms.unwrap_or_default())
         })
         .await
     }
@@ -158,7 +403,15 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| {
             let name = room.as_str();
             let txn = redb!(db.begin_write());
-            redb!(redb!(txn.open_table(ROOMS)).remove(name));
+            let meta: Option<RoomMeta> = {
+                let mut rooms = redb!(txn.open_table(ROOMS));
+                let meta = read_json(&rooms, name)?;
+                redb!(rooms.remove(name));
+                meta
+            };
+            for alias in meta.map(|m| m.members).unwrap_or_default() {
+                edit_memberships(&txn, alias.as_str(), |rooms| rooms.retain(|r| *r != room))?;
+            }
             redb!(
                 redb!(txn.open_table(MESSAGES))
                     .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
@@ -184,16 +437,12 @@ impl Store for EmbeddedStore {
             let txn = redb!(db.begin_write());
             {
                 let mut ids = redb!(txn.open_table(MESSAGE_IDS));
-                let existing = redb!(ids.get((name, id))).map(|v| v.value());
-                if let Some(first_seq) = existing {
-                    let messages = redb!(txn.open_table(MESSAGES));
-                    let stored = redb!(messages.get((name, first_seq))).ok_or_else(|| {
-                        StoreError::Malformed(format!("message id without message in {name}"))
-                    })?;
-                    return Ok(Inserted::Existing(decode(stored.value())?));
+                let mut messages = redb!(txn.open_table(MESSAGES));
+                if let Some(found) = collision(&ids, &messages, name, id, seq)? {
+                    return Ok(found);
                 }
                 redb!(ids.insert((name, id), seq));
-                redb!(redb!(txn.open_table(MESSAGES)).insert((name, seq), bytes.as_slice()));
+                redb!(messages.insert((name, seq), bytes.as_slice()));
             }
             redb!(txn.commit());
             Ok(Inserted::New)
@@ -229,7 +478,7 @@ impl Store for EmbeddedStore {
         &self,
         room: &RoomName,
         messages: &[ChatMessage],
-    ) -> Result<Option<usize>, StoreError> {
+    ) -> Result<Option<InsertStop>, StoreError> {
         super::check_numbered(messages)?;
         let room = room.clone();
         let rows = messages
@@ -247,9 +496,16 @@ impl Store for EmbeddedStore {
                 let mut ids = redb!(txn.open_table(MESSAGE_IDS));
                 let mut table = redb!(txn.open_table(MESSAGES));
                 for (index, (id, seq, bytes)) in rows.iter().enumerate() {
-                    if redb!(ids.get((name, *id))).is_some() {
-                        stopped = Some(index);
-                        break;
+                    match collision(&ids, &table, name, *id, *seq)? {
+                        Some(Inserted::Existing(_)) => {
+                            stopped = Some(InsertStop::IdStored(index));
+                            break;
+                        }
+                        Some(_) => {
+                            stopped = Some(InsertStop::NumberTaken(index));
+                            break;
+                        }
+                        None => {}
                     }
                     redb!(ids.insert((name, *id), *seq));
                     redb!(table.insert((name, *seq), bytes.as_slice()));

@@ -2,11 +2,14 @@
 //!
 //! - [`mongo::MongoStore`]: MongoDB through the official `mongodb` crate (the only module that
 //!   imports it). One collection per room, named after the room, holding one metadata document
-//!   (`_id: "meta"`) and one document per message; plus `_room_list` and `_users` collections.
+//!   (`_id: "meta"`) and one document per message; plus `_room_list`, `_memberships` and
+//!   `_users` collections.
 //! - [`embedded::EmbeddedStore`]: the same logical layout in one `redb` file on disk.
 //!
 //! Message writes are idempotent by message id: writing a message whose id is already stored
-//! changes nothing and returns the stored copy (with its first sequence number).
+//! changes nothing and returns the stored copy (with its first sequence number). And no two
+//! messages of a room can hold one sequence number: a stale numberer's write is refused
+//! ([`InsertStop::NumberTaken`]) instead of storing a duplicate.
 
 pub mod embedded;
 pub mod mongo;
@@ -55,22 +58,88 @@ pub enum Inserted {
     New,
     /// A message with this id was already stored; here it is, as first stored.
     Existing(ChatMessage),
+    /// Another message holds this sequence number; nothing was written.
+    NumberTaken,
 }
 
-/// Durable storage for rooms, messages and the room list.
+/// Why [`Store::insert_messages`] stopped before the end of a batch. The messages before the
+/// index given are stored; none after it were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertStop {
+    /// `messages[i]`'s id is already stored (a redelivery, or a client's retry).
+    IdStored(usize),
+    /// `messages[i]`'s sequence number is already taken by another message: the numbering was
+    /// stale (another instance numbered the room meanwhile). Reload the last number, renumber.
+    NumberTaken(usize),
+}
+
+/// The outcome of [`Store::add_member`] or [`Store::remove_member`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    /// The room's metadata after the change.
+    pub meta: RoomMeta,
+    /// Whether the call changed the membership (`false`: the alias already was, or was not, a
+    /// member).
+    pub changed: bool,
+}
+
+/// The outcome of [`Store::create_room`], the one atomic write that decides a room's creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// This call created the room.
+    New,
+    /// The room existed already; here is its metadata.
+    Existing(RoomMeta),
+}
+
+/// Durable storage for rooms, messages, the room list and users. It is the registry every
+/// instance reads: rooms and members are decided here by atomic writes, never by an instance's
+/// memory.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Saves (replaces) the room list's metadata.
+    /// Saves the room list's metadata without losing anything another instance added: creates
+    /// the list if it is new, adds the rooms it names, and never removes one.
     async fn save_room_list(&self, meta: &RoomListMeta) -> Result<(), StoreError>;
 
     /// Loads the room list's metadata, if it was ever saved.
     async fn load_room_list(&self, name: &str) -> Result<Option<RoomListMeta>, StoreError>;
 
-    /// Saves (replaces) a room's metadata document.
+    /// Adds one room to the list (creating the list if need be), atomically.
+    async fn add_to_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError>;
+
+    /// Removes one room from the list, atomically.
+    async fn remove_from_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError>;
+
+    /// Creates a room by inserting its metadata document: of two concurrent creations of one
+    /// name (from any instances), exactly one gets [`Created::New`].
+    async fn create_room(&self, meta: &RoomMeta) -> Result<Created, StoreError>;
+
+    /// Saves a room's metadata (the seed's `persist`): creates the room if it is not stored,
+    /// otherwise only moves its `modify_time` forward. Membership is never overwritten here:
+    /// it changes only through [`Store::add_member`] and [`Store::remove_member`].
     async fn save_room(&self, meta: &RoomMeta) -> Result<(), StoreError>;
 
     /// Loads a room's metadata document, if the room exists.
     async fn load_room(&self, room: &RoomName) -> Result<Option<RoomMeta>, StoreError>;
+
+    /// Adds `alias` to the room's members (an atomic add-to-set). `None` if there is no such
+    /// room.
+    async fn add_member(
+        &self,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<Option<MemberChange>, StoreError>;
+
+    /// Removes `alias` from the room's members (an atomic pull). `None` if there is no such room.
+    async fn remove_member(
+        &self,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<Option<MemberChange>, StoreError>;
+
+    /// The rooms `alias` was added to (an index kept beside the rooms; a room deleted meanwhile
+    /// may still be named, so callers check each room's metadata).
+    async fn rooms_of(&self, alias: &Alias) -> Result<Vec<RoomName>, StoreError>;
 
     /// Deletes a room: its metadata and all its messages.
     async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError>;
@@ -86,14 +155,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ChatMessage>, StoreError>;
 
     /// Stores a batch of numbered messages of one room, in order, in as few writes as the back
-    /// end allows, and stops at the first message whose id is already stored: `None` when all
-    /// were stored, `Some(i)` when `messages[i]` was found stored (those before it are stored,
-    /// none after it were written). A failed write leaves at most a prefix stored.
+    /// end allows. `None` when all were stored; otherwise where and why it stopped (an id
+    /// already stored, or a sequence number already taken). A failed write leaves at most a
+    /// prefix stored.
     async fn insert_messages(
         &self,
         room: &RoomName,
         messages: &[ChatMessage],
-    ) -> Result<Option<usize>, StoreError>;
+    ) -> Result<Option<InsertStop>, StoreError>;
 
     /// The room's `limit` messages with the highest sequence numbers, oldest first.
     async fn latest_messages(

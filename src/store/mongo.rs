@@ -3,10 +3,15 @@
 //! Layout (seed semantics): database `mess_chat` (configurable); one collection per room, named
 //! after the room, with one metadata document `{_id: "meta", kind: "meta", ...}` and one document
 //! per message `{_id: <id>, message, mess_props: {mess_type, room_name, to_user, from_user,
-//! sent_time, rec_time, sequence_number, id}}`, indexed uniquely on `mess_props.id` and on
-//! `mess_props.sequence_number`; a `_room_list` collection with one document per room list; and a
-//! `_users` collection, one document per registered alias. Room names cannot start with `_`, so
-//! no room can collide with these.
+//! sent_time, rec_time, sequence_number, id}}`, `_id` being the message id, with a unique index on
+//! `mess_props.sequence_number` (so a stale numberer's write fails instead of storing a duplicate
+//! number); a `_room_list` collection with one document per room list; a `_memberships`
+//! collection, one document per alias naming the rooms it was added to; and a `_users`
+//! collection, one document per registered alias. Room names cannot start with `_`, so no room
+//! can collide with these.
+//!
+//! Every change that decides something is one atomic write: a room is created by inserting its
+//! metadata document, members change by `$addToSet` / `$pull`, the room list likewise.
 
 pub mod baseline;
 
@@ -18,11 +23,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, FindOneOptions, FindOptions, IndexOptions};
+use mongodb::options::{ClientOptions, FindOneOptions, FindOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use uuid::Uuid;
 
-use super::{Inserted, Store, StoreError};
+use super::{Created, InsertStop, Inserted, MemberChange, Store, StoreError};
 use crate::model::{
     Alias, ChatMessage, MessageProperties, MessageType, RoomListMeta, RoomMeta, RoomName,
     UserRecord,
@@ -32,11 +37,20 @@ use crate::model::{
 pub const ROOM_LIST_COLLECTION: &str = "_room_list";
 /// Collection holding registered users (alias and token hash).
 pub const USERS_COLLECTION: &str = "_users";
+/// Collection holding, per alias, the rooms it was added to (`{_id: alias, rooms: [...]}`).
+pub const MEMBERSHIPS_COLLECTION: &str = "_memberships";
 /// How long an operation waits for a usable server before the store counts as unavailable.
 pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 const META_ID: &str = "meta";
 const SEQ: &str = "mess_props.sequence_number";
 const DUPLICATE_KEY: i32 = 11000;
+/// The unique index on the sequence number (sparse: the metadata document has none).
+const SEQ_INDEX: &str = "sequence_number_unique";
+/// Indexes of earlier versions: a unique index on `mess_props.id` (it only repeated `_id`) and a
+/// non-unique one on the sequence number. Dropped when a room is first used.
+const LEGACY_INDEXES: [&str; 2] = ["message_id", "sequence_number"];
+/// MongoDB's code for "index not found" (dropping a legacy index that is not there).
+const INDEX_NOT_FOUND: i32 = 27;
 
 /// A store in one MongoDB database.
 pub struct MongoStore {
@@ -96,29 +110,82 @@ impl MongoStore {
         if done(&self.indexed.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(());
         }
-        let by_id = IndexModel::builder()
-            .keys(doc! { "mess_props.id": 1 })
+        let collection = self.room(room);
+        for legacy in LEGACY_INDEXES {
+            match collection.drop_index(legacy).await {
+                Ok(()) => tracing::info!(%room, index = legacy, "dropped a legacy index"),
+                Err(e) if command_code(&e) == Some(INDEX_NOT_FOUND) => {}
+                // A collection that does not exist yet has no index to drop.
+                Err(e) if command_code(&e) == Some(NAMESPACE_NOT_FOUND) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let by_seq = IndexModel::builder()
+            .keys(doc! { SEQ: 1 })
             .options(
                 IndexOptions::builder()
-                    .name("message_id".to_string())
+                    .name(SEQ_INDEX.to_string())
                     .unique(true)
                     .sparse(true)
                     .build(),
             )
             .build();
-        let by_seq = IndexModel::builder()
-            .keys(doc! { SEQ: 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("sequence_number".to_string())
-                    .build(),
-            )
-            .build();
-        self.room(room).create_indexes([by_id, by_seq]).await?;
+        collection.create_index(by_seq).await?;
         self.indexed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(room.clone());
+        Ok(())
+    }
+
+    /// Applies a membership `update` to the room's metadata if `filter` (which says the change is
+    /// still to be made) matches; otherwise reports the metadata unchanged, or `None` if there is
+    /// no such room.
+    async fn change_members(
+        &self,
+        room: &RoomName,
+        filter: Document,
+        update: Document,
+    ) -> Result<Option<MemberChange>, StoreError> {
+        let after = self
+            .room(room)
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .await?;
+        if let Some(after) = after {
+            return Ok(Some(MemberChange {
+                meta: meta_from_doc(&after)?,
+                changed: true,
+            }));
+        }
+        let current = self.room(room).find_one(doc! { "_id": META_ID }).await?;
+        current
+            .map(|d| {
+                Ok(MemberChange {
+                    meta: meta_from_doc(&d)?,
+                    changed: false,
+                })
+            })
+            .transpose()
+    }
+
+    fn memberships(&self) -> Collection<Document> {
+        self.db.collection(MEMBERSHIPS_COLLECTION)
+    }
+
+    /// Records that each of `aliases` was added to `room` (upserting their membership
+    /// documents). Done before the room's own change, so a failure leaves at most an index
+    /// entry naming a room the alias is not in, which readers filter out.
+    async fn index_members(&self, room: &RoomName, aliases: &[Alias]) -> Result<(), StoreError> {
+        for alias in aliases {
+            self.memberships()
+                .update_one(
+                    doc! { "_id": alias.as_str() },
+                    doc! { "$addToSet": { "rooms": room.as_str() } },
+                )
+                .upsert(true)
+                .await?;
+        }
         Ok(())
     }
 
@@ -227,6 +294,39 @@ fn message_from_doc(d: &Document) -> Result<ChatMessage, StoreError> {
     })
 }
 
+fn meta_to_doc(meta: &RoomMeta) -> Document {
+    doc! {
+        "_id": META_ID,
+        "kind": "meta",
+        "name": meta.name.as_str(),
+        "group_room": meta.group_room,
+        "owner_alias": meta.owner_alias.as_str(),
+        "members": names_to_bson(&meta.members),
+        "create_time": date(meta.create_time),
+        "modify_time": date(meta.modify_time),
+        "version": meta.version as i64,
+    }
+}
+
+fn meta_from_doc(d: &Document) -> Result<RoomMeta, StoreError> {
+    let mut members: Vec<Alias> = names_from_doc(d, "members")?;
+    members.sort();
+    members.dedup();
+    Ok(RoomMeta {
+        name: RoomName::new(d.get_str("name").map_err(malformed)?).map_err(malformed)?,
+        group_room: d.get_bool("group_room").map_err(malformed)?,
+        owner_alias: Alias::new(d.get_str("owner_alias").map_err(malformed)?).map_err(malformed)?,
+        members,
+        create_time: from_date(*d.get_datetime("create_time").map_err(malformed)?)?,
+        modify_time: from_date(*d.get_datetime("modify_time").map_err(malformed)?)?,
+        version: match d.get("version") {
+            Some(Bson::Int64(v)) => *v as u64,
+            Some(Bson::Int32(v)) => *v as u64,
+            _ => 0,
+        },
+    })
+}
+
 fn names_to_bson<T: AsRef<str>>(names: &[T]) -> Vec<Bson> {
     names
         .iter()
@@ -263,6 +363,17 @@ fn regex_escape(text: &str) -> String {
     escaped
 }
 
+/// MongoDB's code for "namespace not found" (an operation on a collection not created yet).
+const NAMESPACE_NOT_FOUND: i32 = 26;
+
+/// The server's error code of a failed command, if that is what `e` is.
+fn command_code(e: &mongodb::error::Error) -> Option<i32> {
+    match &*e.kind {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
 fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     matches!(&*e.kind, ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY)
 }
@@ -283,16 +394,14 @@ fn first_duplicate(e: &mongodb::error::Error) -> Option<usize> {
 #[async_trait]
 impl Store for MongoStore {
     async fn save_room_list(&self, meta: &RoomListMeta) -> Result<(), StoreError> {
-        let document = doc! {
-            "_id": &meta.name,
-            "name": &meta.name,
-            "rooms": names_to_bson(&meta.rooms),
-            "create_time": date(meta.create_time),
-            "modify_time": date(meta.modify_time),
+        let update = doc! {
+            "$setOnInsert": { "name": &meta.name, "create_time": date(meta.create_time) },
+            "$max": { "modify_time": date(meta.modify_time) },
+            "$addToSet": { "rooms": { "$each": names_to_bson(&meta.rooms) } },
         };
         self.db
             .collection::<Document>(ROOM_LIST_COLLECTION)
-            .replace_one(doc! { "_id": &meta.name }, document)
+            .update_one(doc! { "_id": &meta.name }, update)
             .upsert(true)
             .await?;
         Ok(())
@@ -305,30 +414,88 @@ impl Store for MongoStore {
             .find_one(doc! { "_id": name })
             .await?;
         let Some(d) = found else { return Ok(None) };
+        let mut rooms: Vec<RoomName> = names_from_doc(&d, "rooms")?;
+        rooms.sort();
         Ok(Some(RoomListMeta {
             name: d.get_str("name").map_err(malformed)?.to_string(),
-            rooms: names_from_doc(&d, "rooms")?,
+            rooms,
             create_time: from_date(*d.get_datetime("create_time").map_err(malformed)?)?,
             modify_time: from_date(*d.get_datetime("modify_time").map_err(malformed)?)?,
         }))
     }
 
-    async fn save_room(&self, meta: &RoomMeta) -> Result<(), StoreError> {
-        self.ensure_indexes(&meta.name).await?;
-        let document = doc! {
-            "_id": META_ID,
-            "kind": "meta",
-            "name": meta.name.as_str(),
-            "group_room": meta.group_room,
-            "owner_alias": meta.owner_alias.as_str(),
-            "members": names_to_bson(&meta.members),
-            "create_time": date(meta.create_time),
-            "modify_time": date(meta.modify_time),
+    async fn add_to_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
+        let now = date(crate::model::now());
+        let update = doc! {
+            "$setOnInsert": { "name": list, "create_time": now },
+            "$set": { "modify_time": now },
+            "$addToSet": { "rooms": room.as_str() },
         };
-        self.room(&meta.name)
-            .replace_one(doc! { "_id": META_ID }, document)
+        self.db
+            .collection::<Document>(ROOM_LIST_COLLECTION)
+            .update_one(doc! { "_id": list }, update)
             .upsert(true)
             .await?;
+        Ok(())
+    }
+
+    async fn remove_from_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
+        let update = doc! {
+            "$set": { "modify_time": date(crate::model::now()) },
+            "$pull": { "rooms": room.as_str() },
+        };
+        self.db
+            .collection::<Document>(ROOM_LIST_COLLECTION)
+            .update_one(doc! { "_id": list }, update)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_room(&self, meta: &RoomMeta) -> Result<Created, StoreError> {
+        self.ensure_indexes(&meta.name).await?;
+        match self.room(&meta.name).insert_one(meta_to_doc(meta)).await {
+            Ok(_) => {
+                if let Err(e) = self.index_members(&meta.name, &meta.members).await {
+                    // Undone, so that a failed creation leaves no room behind.
+                    let _ = self
+                        .room(&meta.name)
+                        .delete_one(doc! { "_id": META_ID })
+                        .await;
+                    return Err(e);
+                }
+                Ok(Created::New)
+            }
+            Err(e) if is_duplicate_key(&e) => match self.load_room(&meta.name).await? {
+                Some(existing) => Ok(Created::Existing(existing)),
+                // Deleted between the two calls: the caller may try again.
+                None => Err(StoreError::Unavailable(format!(
+                    "room {} was deleted while being created",
+                    meta.name
+                ))),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn save_room(&self, meta: &RoomMeta) -> Result<(), StoreError> {
+        self.ensure_indexes(&meta.name).await?;
+        let mut created = meta_to_doc(meta);
+        created.remove("_id");
+        let modify_time = created
+            .remove("modify_time")
+            .unwrap_or(Bson::DateTime(date(meta.modify_time)));
+        let update = doc! {
+            "$setOnInsert": created,
+            "$max": { "modify_time": modify_time },
+        };
+        let result = self
+            .room(&meta.name)
+            .update_one(doc! { "_id": META_ID }, update)
+            .upsert(true)
+            .await?;
+        if result.upserted_id.is_some() {
+            self.index_members(&meta.name, &meta.members).await?;
+        }
         Ok(())
     }
 
@@ -337,15 +504,62 @@ impl Store for MongoStore {
             return Ok(None);
         };
         self.ensure_indexes(room).await?;
-        Ok(Some(RoomMeta {
-            name: RoomName::new(d.get_str("name").map_err(malformed)?).map_err(malformed)?,
-            group_room: d.get_bool("group_room").map_err(malformed)?,
-            owner_alias: Alias::new(d.get_str("owner_alias").map_err(malformed)?)
-                .map_err(malformed)?,
-            members: names_from_doc(&d, "members")?,
-            create_time: from_date(*d.get_datetime("create_time").map_err(malformed)?)?,
-            modify_time: from_date(*d.get_datetime("modify_time").map_err(malformed)?)?,
-        }))
+        meta_from_doc(&d).map(Some)
+    }
+
+    async fn add_member(
+        &self,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<Option<MemberChange>, StoreError> {
+        self.index_members(room, std::slice::from_ref(alias))
+            .await?;
+        let update = doc! {
+            "$addToSet": { "members": alias.as_str() },
+            "$inc": { "version": 1_i64 },
+            "$max": { "modify_time": date(crate::model::now()) },
+        };
+        let filter = doc! { "_id": META_ID, "members": { "$ne": alias.as_str() } };
+        self.change_members(room, filter, update).await
+    }
+
+    async fn remove_member(
+        &self,
+        room: &RoomName,
+        alias: &Alias,
+    ) -> Result<Option<MemberChange>, StoreError> {
+        let update = doc! {
+            "$pull": { "members": alias.as_str() },
+            "$inc": { "version": 1_i64 },
+            "$max": { "modify_time": date(crate::model::now()) },
+        };
+        let filter = doc! { "_id": META_ID, "members": alias.as_str() };
+        let change = self.change_members(room, filter, update).await?;
+        // The index entry only spares a scan; a stale one is filtered out by readers.
+        if let Err(e) = self
+            .memberships()
+            .update_one(
+                doc! { "_id": alias.as_str() },
+                doc! { "$pull": { "rooms": room.as_str() } },
+            )
+            .await
+        {
+            tracing::warn!(%room, %alias, error = %e, "membership index not updated");
+        }
+        Ok(change)
+    }
+
+    async fn rooms_of(&self, alias: &Alias) -> Result<Vec<RoomName>, StoreError> {
+        let Some(d) = self
+            .memberships()
+            .find_one(doc! { "_id": alias.as_str() })
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut rooms: Vec<RoomName> = names_from_doc(&d, "rooms")?;
+        rooms.sort();
+        Ok(rooms)
     }
 
     async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError> {
@@ -354,6 +568,16 @@ impl Store for MongoStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(room);
+        if let Err(e) = self
+            .memberships()
+            .update_many(
+                doc! { "rooms": room.as_str() },
+                doc! { "$pull": { "rooms": room.as_str() } },
+            )
+            .await
+        {
+            tracing::warn!(%room, error = %e, "membership index not updated");
+        }
         Ok(())
     }
 
@@ -365,12 +589,10 @@ impl Store for MongoStore {
             Ok(_) => Ok(Inserted::New),
             Err(e) if is_duplicate_key(&e) => {
                 let id = message.mess_props.id.to_string();
-                let stored = self
-                    .room(room)
-                    .find_one(doc! { "_id": id })
-                    .await?
-                    .ok_or_else(|| malformed("duplicate id reported but not found"))?;
-                Ok(Inserted::Existing(message_from_doc(&stored)?))
+                match self.room(room).find_one(doc! { "_id": id }).await? {
+                    Some(stored) => Ok(Inserted::Existing(message_from_doc(&stored)?)),
+                    None => Ok(Inserted::NumberTaken),
+                }
             }
             Err(e) => Err(e.into()),
         }
@@ -399,7 +621,7 @@ impl Store for MongoStore {
         &self,
         room: &RoomName,
         messages: &[ChatMessage],
-    ) -> Result<Option<usize>, StoreError> {
+    ) -> Result<Option<InsertStop>, StoreError> {
         super::check_numbered(messages)?;
         if messages.is_empty() {
             return Ok(None);
@@ -407,13 +629,22 @@ impl Store for MongoStore {
         self.ensure_indexes(room).await?;
         // Ordered: the server stops at the first failure, so what is stored is always a prefix.
         let docs = messages.iter().map(message_to_doc);
-        match self.room(room).insert_many(docs).ordered(true).await {
-            Ok(_) => Ok(None),
+        let index = match self.room(room).insert_many(docs).ordered(true).await {
+            Ok(_) => return Ok(None),
             Err(e) => match first_duplicate(&e) {
-                Some(index) => Ok(Some(index)),
-                None => Err(e.into()),
+                Some(index) => index,
+                None => return Err(e.into()),
             },
-        }
+        };
+        // Two unique keys can collide: `_id` (this message is stored already) or the sequence
+        // number (another message holds it). The message's own id decides which.
+        let id = messages[index].mess_props.id;
+        let stored = self.existing_messages(room, &[id]).await?;
+        Ok(Some(if stored.is_empty() {
+            InsertStop::NumberTaken(index)
+        } else {
+            InsertStop::IdStored(index)
+        }))
     }
 
     async fn latest_messages(

@@ -6,6 +6,8 @@
 //! them fails: a missing service is never a skip.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::sync::Arc;
 
 use mess_chat::broker::Broker;

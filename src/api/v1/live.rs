@@ -16,14 +16,13 @@
 //!   API returns it, `mess_props.sequence_number` strictly increasing, each message once, no gap.
 //!   A client that reconnects with `after=<last seq it saw>` gets what it missed, then live ones.
 //! - **Client → server**: nothing is expected; pings are answered, other frames are ignored.
-//! - **Close codes from the server**: 1000 "room deleted" (do not reconnect), 1001 "server
+//! - **Close codes from the server**: 1000 "room deleted" (do not reconnect), 4403 "no longer a
+//!   member" (removed from the room, or left it, on any instance: do not reconnect), 1001 "server
 //!   shutting down" and 1011 (a back end failed): reconnect with `after`.
 //!
-//! How: subscribe to the room's feed first, then backfill from history after `after`, then
-//! forward the feed, skipping what was already sent. A gap in the feed, or falling behind it
-//! (`Lagged`), is filled from history before going on.
+//! The feed itself (backfill, then live messages, with no gap or duplicate) is the service's
+//! [`Follow`]; this handler only moves its messages onto the socket.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -34,7 +33,6 @@ use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -42,8 +40,10 @@ use super::room_name;
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::model::{ChatMessage, RoomName};
-use crate::service::{ChatError, ChatService, MAX_HISTORY_LIMIT};
+use crate::service::{Follow, FollowEnd};
+
+/// Close code telling a follower it is no longer a member of the room.
+pub const CLOSE_NOT_A_MEMBER: u16 = 4403;
 
 /// Largest frame a client may send (it has nothing to say; this bounds what it can make us read).
 const MAX_INCOMING_BYTES: usize = 4 * 1024;
@@ -77,52 +77,35 @@ pub async fn rooms_live(
         }
         (caller, _) => caller,
     };
-    caller.must_be_member(&state, &room, true)?;
+    let me = caller.alias()?;
+    let follow = state.service.follow(Some(me), &room, q.after).await?;
     let upgrade =
         upgrade.map_err(|r| ApiError::new(r.status(), "websocket_required", r.body_text()))?;
-
-    let chat_room = state.service.room(&room)?;
-    // Subscribe before anything reads history, so every message stored from here on is seen.
-    let live = chat_room.subscribe();
-    let last = chat_room.last_sequence();
-    // Holding the room would keep its feed open after the room is deleted.
-    drop(chat_room);
-    let after = match q.after {
-        None => last,
-        Some(after) if after <= last => after,
-        Some(after) => {
-            return Err(ApiError::bad_request(format!(
-                "after={after} is beyond the last message of {room} ({last})"
-            )));
-        }
-    };
-    let span = tracing::info_span!("live", %room, after);
-    let feed = Feed {
-        service: state.service.clone(),
-        room,
-        live,
-        last_sent: after,
-    };
+    let span = tracing::info_span!("live", %room, after = follow.last_sent());
     let shutdown = state.service.shutdown_signal();
     Ok(upgrade
         .max_message_size(MAX_INCOMING_BYTES)
-        .on_upgrade(move |socket| serve(socket, feed, shutdown).instrument(span)))
+        .on_upgrade(move |socket| serve(socket, follow, shutdown).instrument(span)))
 }
 
 /// Runs one socket: a send task pushing the feed and a receive task reading the client's frames
 /// (which is also what answers its pings); whichever ends first ends the other.
-async fn serve(socket: WebSocket, mut feed: Feed, shutdown: CancellationToken) {
+async fn serve(socket: WebSocket, mut follow: Follow, shutdown: CancellationToken) {
     tracing::debug!("live socket open");
     let (mut sink, mut stream) = socket.split();
     let mut send_task = tokio::spawn(
         async move {
             let ending = tokio::select! {
-                ending = feed.run(&mut sink) => ending,
+                ending = forward(&mut follow, &mut sink) => ending,
                 () = shutdown.cancelled() => Ending::Shutdown,
             };
-            tracing::debug!(?ending, last_sent = feed.last_sent, "live socket closing");
-            // Let go of the service before anything else can wait: it is shutting down, perhaps.
-            drop(feed);
+            tracing::debug!(
+                ?ending,
+                last_sent = follow.last_sent(),
+                "live socket closing"
+            );
+            // Let go of the room before anything else can wait: the service may be stopping.
+            drop(follow);
             if let Some(frame) = ending.close_frame() {
                 let closing = sink.send(Message::Close(Some(frame)));
                 let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
@@ -147,26 +130,27 @@ async fn serve(socket: WebSocket, mut feed: Feed, shutdown: CancellationToken) {
     }
 }
 
-/// Why a feed stopped.
+/// Why a socket stopped.
 #[derive(Debug)]
 enum Ending {
     /// The client went away (a send failed).
     ClientGone,
-    /// The room was deleted: there will be no more messages.
-    RoomDeleted,
     /// The service is shutting down.
     Shutdown,
-    /// Reading history failed; the client should reconnect with `after`.
-    Failed(String),
+    /// The feed ended.
+    Feed(FollowEnd),
 }
 
 impl Ending {
     fn close_frame(&self) -> Option<CloseFrame> {
         let (code, reason) = match self {
             Ending::ClientGone => return None,
-            Ending::RoomDeleted => (close_code::NORMAL, "room deleted".to_string()),
+            Ending::Feed(FollowEnd::RoomDeleted) => (close_code::NORMAL, "room deleted".into()),
+            Ending::Feed(FollowEnd::Removed) => {
+                (CLOSE_NOT_A_MEMBER, "no longer a member of the room".into())
+            }
             Ending::Shutdown => (close_code::AWAY, "server shutting down".to_string()),
-            Ending::Failed(why) => {
+            Ending::Feed(FollowEnd::Failed(why)) => {
                 // A close reason is at most 123 bytes.
                 let mut end = why.len().min(120);
                 while !why.is_char_boundary(end) {
@@ -182,104 +166,18 @@ impl Ending {
     }
 }
 
-impl From<ChatError> for Ending {
-    fn from(e: ChatError) -> Self {
-        match e {
-            ChatError::RoomNotFound(_) => Ending::RoomDeleted,
-            e => {
-                tracing::warn!(error = %e, "live feed cannot read history");
-                Ending::Failed(e.to_string())
-            }
+/// Moves the feed's messages onto the socket until one of them ends.
+async fn forward(follow: &mut Follow, sink: &mut SplitSink<WebSocket, Message>) -> Ending {
+    loop {
+        let message = match follow.next().await {
+            Ok(message) => message,
+            Err(end) => return Ending::Feed(end),
+        };
+        let Ok(text) = serde_json::to_string(&message) else {
+            return Ending::Feed(FollowEnd::Failed("cannot encode a message".into()));
+        };
+        if sink.send(Message::text(text)).await.is_err() {
+            return Ending::ClientGone;
         }
     }
-}
-
-/// One client's position in one room's messages.
-struct Feed {
-    service: ChatService,
-    room: RoomName,
-    /// The room's messages as they are stored (subscribed before the first backfill).
-    live: broadcast::Receiver<ChatMessage>,
-    /// The sequence number of the last message sent to the client (or the client's `after`).
-    last_sent: u64,
-}
-
-impl Feed {
-    /// Pushes messages until something ends the feed.
-    async fn run(&mut self, sink: &mut SplitSink<WebSocket, Message>) -> Ending {
-        match self.forward(sink).await {
-            Ok(never) => match never {},
-            Err(ending) => ending,
-        }
-    }
-
-    async fn forward(
-        &mut self,
-        sink: &mut SplitSink<WebSocket, Message>,
-    ) -> Result<Infallible, Ending> {
-        self.backfill(sink).await?;
-        loop {
-            let message = match self.live.recv().await {
-                Ok(message) => message,
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, "live feed lagged; catching up from history");
-                    self.backfill(sink).await?;
-                    continue;
-                }
-                Err(RecvError::Closed) => return Err(Ending::RoomDeleted),
-            };
-            let seq = sequence(&message);
-            if seq > self.last_sent + 1 {
-                self.backfill(sink).await?;
-            }
-            if seq > self.last_sent {
-                self.push(sink, &message).await?;
-            }
-        }
-    }
-
-    /// Sends every stored message after `last_sent`, page by page.
-    async fn backfill(&mut self, sink: &mut SplitSink<WebSocket, Message>) -> Result<(), Ending> {
-        loop {
-            let page = self
-                .service
-                .page(&self.room, None, Some(self.last_sent), MAX_HISTORY_LIMIT)
-                .await?;
-            // Numbered but not stored yet: the feed brings them.
-            if page.messages.is_empty() {
-                return Ok(());
-            }
-            for message in &page.messages {
-                if sequence(message) > self.last_sent {
-                    self.push(sink, message).await?;
-                }
-            }
-            if !page.more {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn push(
-        &mut self,
-        sink: &mut SplitSink<WebSocket, Message>,
-        message: &ChatMessage,
-    ) -> Result<(), Ending> {
-        let seq = sequence(message);
-        if seq != self.last_sent + 1 {
-            // Stored numbers have no gaps; if they ever do, say so rather than stall the client.
-            tracing::warn!(last_sent = self.last_sent, seq, "gap in the live feed");
-        }
-        let text = serde_json::to_string(message).map_err(|e| Ending::Failed(e.to_string()))?;
-        sink.send(Message::text(text))
-            .await
-            .map_err(|_| Ending::ClientGone)?;
-        self.last_sent = seq;
-        Ok(())
-    }
-}
-
-/// A stored message's sequence number (stored messages always have one).
-fn sequence(message: &ChatMessage) -> u64 {
-    message.mess_props.sequence_number.unwrap_or(0)
 }

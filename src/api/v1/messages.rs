@@ -13,7 +13,7 @@ use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::seed::SendResponse;
 use crate::model::ChatMessage;
-use crate::service::{HistoryPage, SendOutcome, SendRequest};
+use crate::service::{HistoryPage, SendMode, SendOutcome, SendRequest};
 
 /// Body of `POST /api/v1/rooms/{room}/messages`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -69,16 +69,16 @@ pub async fn messages_create(
     let room = room_name(room)?;
     let me = caller.alias()?.clone();
     let request = body(json)?;
-    caller.must_be_member(&state, &room, true)?;
     let send = SendRequest {
         room_name: room,
         message: request.message,
-        from_alias: me,
+        from_alias: me.clone(),
         to_alias: None,
         group_room: None,
         idempotency_key: request.idempotency_key,
+        mode: SendMode::MemberOnly,
     };
-    let (status, label, message) = match state.service.send(send).await? {
+    let (status, label, message) = match state.service.send(Some(&me), send).await? {
         SendOutcome::Stored(m) => (StatusCode::CREATED, "stored", m),
         SendOutcome::Accepted(m) => (StatusCode::ACCEPTED, "accepted", m),
     };
@@ -105,10 +105,13 @@ pub async fn messages_index(
 ) -> Result<Json<HistoryPage>, ApiError> {
     let room = room_name(room)?;
     let q = query(q)?;
-    caller.must_be_member(&state, &room, true)?;
+    let me = caller.alias()?;
     let limit = q.limit.unwrap_or(50);
     Ok(Json(
-        state.service.page(&room, q.before, q.after, limit).await?,
+        state
+            .service
+            .page(Some(me), &room, q.before, q.after, limit)
+            .await?,
     ))
 }
 
@@ -125,9 +128,12 @@ pub async fn messages_search(
 ) -> Result<Json<Vec<ChatMessage>>, ApiError> {
     let room = room_name(room)?;
     let q = query(q)?;
-    caller.must_be_member(&state, &room, true)?;
+    let me = caller.alias()?;
     let limit = q.limit.unwrap_or(20);
     Ok(Json(
-        state.service.search(&room, &q.q, q.exact, limit).await?,
+        state
+            .service
+            .search(Some(me), &room, &q.q, q.exact, limit)
+            .await?,
     ))
 }

@@ -12,7 +12,7 @@ use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::model::RoomMeta;
-use crate::service::ChatError;
+use crate::service::Creation;
 
 /// Body of `POST /api/v1/rooms`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -41,22 +41,16 @@ pub async fn rooms_index(
     caller: Caller,
 ) -> Result<Json<Vec<RoomMeta>>, ApiError> {
     let me = caller.alias()?;
-    let rooms = state.service.rooms().rooms();
-    Ok(Json(
-        rooms
-            .iter()
-            .filter(|r| r.is_member(me))
-            .map(|r| r.meta())
-            .collect(),
-    ))
+    Ok(Json(state.service.rooms_of(me).await?))
 }
 
-/// Creates a room owned by the caller.
+/// Creates a room owned by the caller. Creating the same room again (same kind, owner and, for
+/// a private room, member) answers 200 with it, so a retry is safe.
 #[utoipa::path(post, path = "/api/v1/rooms", request_body = CreateRoom, security(("bearer" = [])),
     responses(
-        (status = 201, body = RoomMeta),
+        (status = 201, body = RoomMeta), (status = 200, description = "the same room existed already", body = RoomMeta),
         (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
-        (status = 409, description = "the room exists, or the name is an alias", body = super::ErrorBody),
+        (status = 409, description = "a different room of that name exists", body = super::ErrorBody),
     ))]
 pub async fn rooms_create(
     State(state): State<AppState>,
@@ -67,11 +61,14 @@ pub async fn rooms_create(
     let request = body(json)?;
     let name = room_name(request.name)?;
     let member = request.member.map(alias).transpose()?;
-    let room = state
+    let created = state
         .service
-        .create_room(&name, request.group_room, &me, member)
+        .create_room(&me, &name, request.group_room, member)
         .await?;
-    Ok((StatusCode::CREATED, Json(room.meta())))
+    Ok(match created {
+        Creation::Created(meta) => (StatusCode::CREATED, Json(meta)),
+        Creation::Existing(meta) => (StatusCode::OK, Json(meta)),
+    })
 }
 
 /// A room the caller is a member of.
@@ -85,8 +82,8 @@ pub async fn rooms_show(
     Path(room): Path<String>,
 ) -> Result<Json<RoomMeta>, ApiError> {
     let room = room_name(room)?;
-    caller.must_be_member(&state, &room, true)?;
-    Ok(Json(state.service.room(&room)?.meta()))
+    let me = caller.alias()?;
+    Ok(Json(state.service.room_meta(me, &room).await?))
 }
 
 /// Deletes a room (its owner only): its queue, exchange, history.
@@ -101,10 +98,7 @@ pub async fn rooms_delete(
 ) -> Result<StatusCode, ApiError> {
     let room = room_name(room)?;
     let me = caller.alias()?;
-    if &state.service.room(&room)?.owner_alias() != me {
-        return Err(ChatError::Forbidden(format!("only the owner may delete {room}")).into());
-    }
-    state.service.delete_room(&room).await?;
+    state.service.delete_room(me, &room).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -123,11 +117,7 @@ pub async fn members_add(
     let room = room_name(room)?;
     let me = caller.alias()?;
     let new = alias(body(json)?.alias)?;
-    if &new != me {
-        caller.must_be_member(&state, &room, true)?;
-    }
-    state.service.add_member(&room, &new).await?;
-    Ok(Json(state.service.room(&room)?.meta()))
+    Ok(Json(state.service.add_member(me, &room, &new).await?))
 }
 
 /// Removes a member from a group room (the seed's `remove_group_member`): a member may leave,
@@ -144,16 +134,5 @@ pub async fn members_remove(
     let room = room_name(room)?;
     let member = alias(member)?;
     let me = caller.alias()?;
-    let chat_room = state.service.room(&room)?;
-    if &member != me && &chat_room.owner_alias() != me {
-        return Err(ChatError::Forbidden(format!(
-            "only {member} or the owner of {room} may remove {member}"
-        ))
-        .into());
-    }
-    chat_room
-        .remove_group_member(&member)
-        .await
-        .map_err(ChatError::from)?;
-    Ok(Json(chat_room.meta()))
+    Ok(Json(state.service.remove_member(me, &room, &member).await?))
 }

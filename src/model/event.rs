@@ -1,0 +1,52 @@
+//! Cluster events: what one instance tells every other instance (through the broker's events
+//! exchange) so that all of them serve the same rooms, history and live feeds.
+//!
+//! The store is the truth; events only spare the other instances a store read. An instance that
+//! misses events (its events queue was lost while it was disconnected) catches up from the store.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::message::ChatMessage;
+use super::meta::RoomMeta;
+use super::names::RoomName;
+
+/// One event, as published: who sent it and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    /// The instance that published it (each `mess-chat serve` process picks a random id at start).
+    pub origin: Uuid,
+    /// What happened.
+    pub event: ClusterEvent,
+}
+
+/// Something every instance must learn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ClusterEvent {
+    /// The room's numbering consumer stored these messages (and any redelivered ones it found
+    /// stored already, with their first numbers). Instances put the new ones in their caches and
+    /// live feeds in sequence order, and wake the senders waiting for any of them.
+    Stored {
+        /// The room.
+        room: RoomName,
+        /// The stored messages, numbered.
+        messages: Vec<ChatMessage>,
+    },
+    /// A room was created: every instance starts a consumer for it (one will be active).
+    RoomCreated {
+        /// The new room.
+        room: RoomName,
+    },
+    /// A room's metadata changed (a member joined, left or was removed).
+    RoomChanged {
+        /// The metadata as stored now.
+        meta: RoomMeta,
+    },
+    /// A room was deleted: instances drop it, end its live feeds, stop its consumer and answer
+    /// its waiting senders with "not found".
+    RoomDeleted {
+        /// The deleted room.
+        room: RoomName,
+    },
+}

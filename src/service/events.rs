@@ -1,0 +1,233 @@
+//! Cluster events: how several instances serve as one. Whatever changes a room (a stored batch, a
+//! creation, a membership change, a deletion) is applied here at once and published on the
+//! broker's events exchange; every other instance applies it from its own events queue. The
+//! store stays the truth: an instance that may have missed events (its events queue is new after
+//! a reconnect) catches up from the store ([`ChatService::resync`]), and a cache that meets a gap
+//! in the numbers fills it from the store before going on.
+
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::{ChatService, Inner};
+use crate::backoff::Backoff;
+use crate::model::{ChatMessage, ClusterEvent, EventEnvelope, RoomName};
+use crate::room::retrieve::Announce;
+use crate::room::{ChatRoom, Gap};
+
+/// Messages read from the store per page when a cache catches up.
+const CATCH_UP_PAGE: usize = 1000;
+
+impl ChatService {
+    /// Tells every other instance about `event`, then applies it here. Publishing first means
+    /// that by the time this instance answers anyone, every instance's events queue holds the
+    /// change. A failed publish is logged: the change is in the store, and the other instances
+    /// catch up from it (a stored batch at their next event of that room, membership and rooms
+    /// when they resync or load the room).
+    pub(super) async fn announce(&self, event: ClusterEvent) {
+        let envelope = EventEnvelope {
+            origin: self.inner.instance,
+            event,
+        };
+        let body = serde_json::to_vec(&envelope).expect("an event always serialises");
+        if let Err(e) = self.inner.broker.publish_event(body).await {
+            tracing::warn!(error = %e,
+                "could not publish a cluster event; other instances will catch up from the store");
+        }
+        self.apply(envelope.event).await;
+    }
+
+    /// Applies an event to this instance's rooms, consumers and waiting senders.
+    async fn apply(&self, event: ClusterEvent) {
+        match event {
+            ClusterEvent::Stored { room, messages } => {
+                self.inner.waiters.wake(&messages);
+                if let Some(loaded) = self.inner.rooms.find(&room) {
+                    self.feed(&loaded, &messages).await;
+                }
+            }
+            ClusterEvent::RoomCreated { room } => self.ensure_consumer(&room),
+            ClusterEvent::RoomChanged { meta } => {
+                if let Some(loaded) = self.inner.rooms.find(&meta.name) {
+                    loaded.set_meta(meta);
+                }
+            }
+            ClusterEvent::RoomDeleted { room } => self.forget_room(&room),
+        }
+    }
+
+    /// Drops a deleted room: its cache, its live feeds, its consumer and its waiting senders.
+    pub(super) fn forget_room(&self, room: &RoomName) {
+        if let Some(loaded) = self.inner.rooms.remove(room) {
+            loaded.close();
+        }
+        self.inner.waiters.fail_room(room);
+        self.stop_consumer(room);
+    }
+
+    /// Puts stored messages in a room's cache in sequence order, reading whatever is missing
+    /// before them from the store.
+    pub(super) async fn feed(&self, room: &ChatRoom, messages: &[ChatMessage]) {
+        let Err(gap) = room.apply(messages) else {
+            return;
+        };
+        self.fill(room, gap).await;
+        if let Err(gap) = room.apply(messages) {
+            // The store could not fill it: start the cache over at these messages.
+            room.restart_at(gap.before);
+            let _ = room.apply(messages);
+        }
+    }
+
+    /// Reads the messages of a gap from the store into the cache (at most the cache's capacity:
+    /// older ones stay in the store, where history reads find them).
+    async fn fill(&self, room: &ChatRoom, gap: Gap) {
+        let capacity = self.inner.config.cache_capacity as u64;
+        let from = gap.after.max(gap.before.saturating_sub(capacity + 1));
+        if from > gap.after {
+            room.restart_at(from + 1);
+        }
+        let missing = (gap.before - from - 1) as usize;
+        match room.messages_after(from, missing).await {
+            Ok(found) => {
+                if let Err(still) = room.apply(&found) {
+                    tracing::warn!(room = %room.name(), ?still, "store has a gap in its numbers");
+                }
+            }
+            Err(e) => tracing::warn!(room = %room.name(), error = %e, "cannot fill a cache gap"),
+        }
+    }
+
+    /// Brings a loaded room's cache up to the store's newest message.
+    pub(super) async fn catch_up(&self, room: &ChatRoom) {
+        loop {
+            match room
+                .messages_after(room.last_sequence(), CATCH_UP_PAGE)
+                .await
+            {
+                Ok(found) if found.is_empty() => return,
+                Ok(found) => {
+                    let full = found.len() == CATCH_UP_PAGE;
+                    self.feed(room, &found).await;
+                    if !full {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(room = %room.name(), error = %e, "cannot catch up from the store");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads this instance's events queue until `shutdown`: (re)subscribes, catches up from the
+    /// store each time (events may have been missed while there was no queue), then applies every
+    /// event other instances publish. `ready` fires after the first catch-up.
+    pub(super) async fn listen(
+        self,
+        shutdown: CancellationToken,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut ready = Some(ready);
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            let mut stream = match self.inner.broker.subscribe_events().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to cluster events");
+                    if !backoff.wait(&shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            self.resync().await;
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = stream.next() => next,
+                };
+                let delivery = match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "cluster events interrupted");
+                        break;
+                    }
+                    None => break,
+                };
+                match serde_json::from_slice::<EventEnvelope>(&delivery.body) {
+                    // Applied when it was published.
+                    Ok(envelope) if envelope.origin == self.inner.instance => {}
+                    Ok(envelope) => self.apply(envelope.event).await,
+                    Err(e) => tracing::warn!(error = %e, "dropping a malformed cluster event"),
+                }
+            }
+            if !backoff.wait(&shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Catches up with the store after events may have been missed: every room in the stored
+    /// list gets a consumer, every loaded room its current metadata and newest messages (or is
+    /// dropped if deleted), and every waiting sender whose message is stored is answered.
+    async fn resync(&self) {
+        match self.inner.rooms.stored_names().await {
+            Ok(names) => {
+                for name in names {
+                    self.ensure_consumer(&name);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the room list"),
+        }
+        for room in self.inner.rooms.rooms() {
+            match self.inner.store.load_room(room.name()).await {
+                Ok(Some(meta)) => {
+                    room.set_meta(meta);
+                    self.catch_up(&room).await;
+                }
+                Ok(None) => self.forget_room(room.name()),
+                Err(e) => tracing::warn!(room = %room.name(), error = %e, "cannot resync room"),
+            }
+        }
+        for (room, ids) in self.inner.waiters.pending() {
+            match self.inner.store.existing_messages(&room, &ids).await {
+                Ok(stored) => self.inner.waiters.wake(&stored),
+                Err(e) => tracing::warn!(%room, error = %e, "cannot look up awaited messages"),
+            }
+        }
+    }
+}
+
+/// The consumers' [`Announce`]: a stored batch becomes a cluster event. Holds the service
+/// weakly, since the service owns the consumers.
+pub(super) struct Announcer(pub Weak<Inner>);
+
+#[async_trait]
+impl Announce for Announcer {
+    async fn stored(&self, room: &RoomName, messages: &[ChatMessage]) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let service = ChatService { inner };
+        service
+            .announce(ClusterEvent::Stored {
+                room: room.clone(),
+                messages: messages.to_vec(),
+            })
+            .await;
+    }
+}
+
+impl Announcer {
+    /// An announcer for `inner`'s consumers.
+    pub(super) fn new(inner: &Arc<Inner>) -> Arc<Self> {
+        Arc::new(Self(Arc::downgrade(inner)))
+    }
+}

@@ -1,0 +1,115 @@
+//! The store is the registry: rooms live there, and this instance loads a room on first use
+//! (send, history, search, members, live) and keeps it in step through cluster events. Every
+//! room of the stored list gets a consumer on every instance; the broker makes one of them active.
+
+use std::sync::atomic::Ordering;
+
+use super::ChatService;
+use super::error::ChatError;
+use super::events::Announcer;
+use crate::model::{Alias, RoomName};
+use crate::room::ChatRoom;
+use crate::room::retrieve::{RoomConsumer, retrieve_messages};
+
+impl ChatService {
+    /// The room with this name: the loaded one, or loaded now from the store (metadata and newest
+    /// messages). `RoomNotFound` if the store has no such room.
+    pub async fn room(&self, name: &RoomName) -> Result<ChatRoom, ChatError> {
+        if let Some(room) = self.inner.rooms.find(name) {
+            return Ok(room);
+        }
+        let Some(meta) = self.inner.store.load_room(name).await? else {
+            return Err(ChatError::RoomNotFound(name.clone()));
+        };
+        let room = ChatRoom::from_meta(
+            meta,
+            self.inner.broker.clone(),
+            self.inner.store.clone(),
+            self.inner.config.cache_capacity,
+        );
+        if !room.restore().await? {
+            return Err(ChatError::RoomNotFound(name.clone()));
+        }
+        // Two first uses at once load twice; the first to get here wins.
+        let room = self.inner.rooms.add_or_get(room);
+        // Events of this room that arrived while it was loading were not applied to it.
+        self.catch_up(&room).await;
+        self.ensure_consumer(name);
+        Ok(room)
+    }
+
+    /// Whether `alias` is a member of `room`. A "no" from this instance's copy is checked against
+    /// the store (a member added on another instance is a member here at once).
+    pub(super) async fn is_member(
+        &self,
+        room: &ChatRoom,
+        alias: &Alias,
+    ) -> Result<bool, ChatError> {
+        if room.is_member(alias) {
+            return Ok(true);
+        }
+        self.refresh(room).await?;
+        Ok(room.is_member(alias))
+    }
+
+    /// Reloads a room's metadata from the store.
+    pub(super) async fn refresh(&self, room: &ChatRoom) -> Result<(), ChatError> {
+        match self.inner.store.load_room(room.name()).await? {
+            Some(meta) => {
+                room.set_meta(meta);
+                Ok(())
+            }
+            None => {
+                self.forget_room(room.name());
+                Err(ChatError::RoomNotFound(room.name().clone()))
+            }
+        }
+    }
+
+    /// Starts the room's consumer on this instance, unless it runs already.
+    pub(super) fn ensure_consumer(&self, name: &RoomName) {
+        let inner = &self.inner;
+        let token = inner.shutdown.child_token();
+        let run = inner.consumer_runs.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut consumers = inner.consumers.lock().unwrap_or_else(|e| e.into_inner());
+            if consumers.contains_key(name) || inner.shutdown.is_cancelled() {
+                return;
+            }
+            consumers.insert(name.clone(), (run, token.clone()));
+        }
+        let consumer = RoomConsumer {
+            room: name.clone(),
+            broker: inner.broker.clone(),
+            store: inner.store.clone(),
+            announce: Announcer::new(inner),
+        };
+        let service = self.clone();
+        let name = name.clone();
+        inner.tasks.spawn(async move {
+            retrieve_messages(consumer, token).await;
+            // Ended by itself (the room was deleted) or stopped: forget this run, not a later one.
+            let mut consumers = service
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if consumers.get(&name).is_some_and(|(r, _)| *r == run) {
+                consumers.remove(&name);
+            }
+        });
+    }
+
+    /// Stops the room's consumer on this instance.
+    pub(super) fn stop_consumer(&self, name: &RoomName) {
+        let stopped = self
+            .inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some((_, token)) = stopped {
+            token.cancel();
+        }
+    }
+}

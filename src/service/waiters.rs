@@ -1,0 +1,108 @@
+//! Senders waiting to hear that their message was stored. A send registers its message id, and
+//! the cluster events (from whichever instance numbers the room) wake it: so a send answers
+//! "stored" on any instance, not only on the one consuming the room.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::model::{ChatMessage, RoomName};
+
+/// What a waiting sender hears.
+pub(super) type Outcome = Result<ChatMessage, RoomGone>;
+
+/// The room was deleted while the message waited to be stored.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RoomGone;
+
+/// Waiting senders by message id. A std mutex: every section is short and sync.
+#[derive(Default)]
+pub(super) struct Waiters {
+    waiting: Mutex<HashMap<Uuid, Waiting>>,
+}
+
+/// The senders of one message id: several when a client retries with one idempotency key while
+/// the first attempt still waits.
+struct Waiting {
+    room: RoomName,
+    senders: Vec<oneshot::Sender<Outcome>>,
+}
+
+impl Waiters {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers interest in message `id` of `room`: the receiver gets it once it is stored.
+    pub fn register(&self, room: &RoomName, id: Uuid) -> oneshot::Receiver<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting()
+            .entry(id)
+            .or_insert_with(|| Waiting {
+                room: room.clone(),
+                senders: Vec::new(),
+            })
+            .senders
+            .push(tx);
+        rx
+    }
+
+    /// Drops the interest of senders that gave up on a message (failed send or timeout).
+    pub fn forget(&self, id: &Uuid) {
+        let mut waiting = self.waiting();
+        if let Some(w) = waiting.get_mut(id) {
+            w.senders.retain(|tx| !tx.is_closed());
+            if w.senders.is_empty() {
+                waiting.remove(id);
+            }
+        }
+    }
+
+    /// Wakes the senders of these stored messages.
+    pub fn wake(&self, stored: &[ChatMessage]) {
+        let woken: Vec<(ChatMessage, Waiting)> = {
+            let mut waiting = self.waiting();
+            if waiting.is_empty() {
+                return;
+            }
+            stored
+                .iter()
+                .filter_map(|m| waiting.remove(&m.mess_props.id).map(|w| (m.clone(), w)))
+                .collect()
+        };
+        for (message, w) in woken {
+            for tx in w.senders {
+                let _ = tx.send(Ok(message.clone()));
+            }
+        }
+    }
+
+    /// Answers every sender waiting on `room` with [`RoomGone`].
+    pub fn fail_room(&self, room: &RoomName) {
+        let gone: Vec<Waiting> = {
+            let mut waiting = self.waiting();
+            let ids: Vec<Uuid> = waiting
+                .iter()
+                .filter(|(_, w)| w.room == *room)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| waiting.remove(id)).collect()
+        };
+        for w in gone {
+            for tx in w.senders {
+                let _ = tx.send(Err(RoomGone));
+            }
+        }
+    }
+
+    /// The ids still awaited, by room (to look them up after events may have been missed).
+    pub fn pending(&self) -> HashMap<RoomName, Vec<Uuid>> {
+        let mut by_room: HashMap<RoomName, Vec<Uuid>> = HashMap::new();
+        for (id, w) in self.waiting().iter() {
+            by_room.entry(w.room.clone()).or_default().push(*id);
+        }
+        by_room
+    }
+}
