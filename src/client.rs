@@ -200,6 +200,58 @@ impl Client {
         Ok(Self::check(response).await?.json().await?)
     }
 
+    /// `GET /api/v1/rooms/{room}`: a room's metadata.
+    pub async fn room(&self, room: &str) -> Result<RoomMeta, ClientError> {
+        let path = format!("/api/v1/rooms/{}", segment(room));
+        Ok(Self::check(self.get(&path).send().await?)
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// `DELETE /api/v1/rooms/{room}`: deletes a room (its owner only).
+    pub async fn delete_room(&self, room: &str) -> Result<(), ClientError> {
+        let url = format!("{}/api/v1/rooms/{}", self.base, segment(room));
+        Self::check(self.authorized(self.http.delete(url)).send().await?).await?;
+        Ok(())
+    }
+
+    /// `DELETE /api/v1/rooms/{room}/members/{alias}`: leaves a room, or removes a member.
+    pub async fn remove_member(&self, room: &str, alias: &str) -> Result<RoomMeta, ClientError> {
+        let url = format!(
+            "{}/api/v1/rooms/{}/members/{}",
+            self.base,
+            segment(room),
+            segment(alias)
+        );
+        let response = self.authorized(self.http.delete(url)).send().await?;
+        Ok(Self::check(response).await?.json().await?)
+    }
+
+    /// `GET /api/v1/rooms/{room}/messages`: a page of history, before or after a sequence number
+    /// (or the newest).
+    pub async fn page(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, ClientError> {
+        let path = format!("/api/v1/rooms/{}/messages", segment(room));
+        let mut query = vec![("limit", limit.to_string())];
+        query.extend(before.map(|b| ("before", b.to_string())));
+        query.extend(after.map(|a| ("after", a.to_string())));
+        let response = self.get(&path).query(&query).send().await?;
+        Ok(Self::check(response).await?.json().await?)
+    }
+
+    /// `GET /api/v1/rooms/{room}/search`: messages containing `q`, newest first.
+    pub async fn search(&self, room: &str, q: &str) -> Result<Vec<ChatMessage>, ClientError> {
+        let path = format!("/api/v1/rooms/{}/search", segment(room));
+        let response = self.get(&path).query(&[("q", q)]).send().await?;
+        Ok(Self::check(response).await?.json().await?)
+    }
+
     /// The sequence number of the room's newest stored message (0 if none).
     pub async fn last_sequence(&self, room: &str) -> Result<u64, ClientError> {
         let path = format!("/api/v1/rooms/{}/messages", segment(room));

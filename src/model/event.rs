@@ -3,6 +3,11 @@
 //!
 //! The store is the truth; events only spare the other instances a store read. An instance that
 //! misses events (its events queue was lost while it was disconnected) catches up from the store.
+//!
+//! A change that other instances must have applied before anyone acts on it (a deletion, a
+//! membership change) is published with `barrier` set: each instance that applies it answers
+//! [`ClusterEvent::Applied`], and the publisher waits for every instance it knows to be alive
+//! (instances announce themselves with [`ClusterEvent::Alive`]).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -16,6 +21,9 @@ use super::names::RoomName;
 pub struct EventEnvelope {
     /// The instance that published it (each `mess-chat serve` process picks a random id at start).
     pub origin: Uuid,
+    /// Set when the origin waits for every instance to answer [`ClusterEvent::Applied`] with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub barrier: Option<Uuid>,
     /// What happened.
     pub event: ClusterEvent,
 }
@@ -48,5 +56,16 @@ pub enum ClusterEvent {
     RoomDeleted {
         /// The deleted room.
         room: RoomName,
+    },
+    /// The origin is alive (sent every few seconds, and at start).
+    Alive,
+    /// The origin stops: no instance waits for it any more.
+    Leaving,
+    /// The origin applied the event published with this barrier by instance `to`.
+    Applied {
+        /// Whose barrier.
+        to: Uuid,
+        /// The barrier.
+        barrier: Uuid,
     },
 }

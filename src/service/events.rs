@@ -9,7 +9,9 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
+use super::peers::{ALIVE_EVERY, BARRIER_WAIT};
 use super::{ChatService, Inner};
 use crate::backoff::Backoff;
 use crate::model::{ChatMessage, ClusterEvent, EventEnvelope, RoomName};
@@ -26,8 +28,32 @@ impl ChatService {
     /// catch up from it (a stored batch at their next event of that room, membership and rooms
     /// when they resync or load the room).
     pub(super) async fn announce(&self, event: ClusterEvent) {
+        self.publish(None, event.clone()).await;
+        self.apply(event).await;
+    }
+
+    /// Like [`Self::announce`], and then waits (at most [`BARRIER_WAIT`]) until every other live
+    /// instance has applied the change too: a change that decides who may do what (a deletion,
+    /// a membership change) holds everywhere before this instance answers.
+    pub(super) async fn announce_everywhere(&self, event: ClusterEvent) {
+        let barrier = Uuid::new_v4();
+        let applied = self.inner.peers.open(barrier);
+        self.publish(Some(barrier), event.clone()).await;
+        self.apply(event).await;
+        if tokio::time::timeout(BARRIER_WAIT, applied).await.is_err() {
+            let slow = self.inner.peers.close(barrier);
+            tracing::warn!(
+                ?slow,
+                "instances did not confirm a change in time; not waiting for them"
+            );
+        }
+    }
+
+    /// Publishes an event on the events exchange (logging a failure).
+    async fn publish(&self, barrier: Option<Uuid>, event: ClusterEvent) {
         let envelope = EventEnvelope {
             origin: self.inner.instance,
+            barrier,
             event,
         };
         let body = serde_json::to_vec(&envelope).expect("an event always serialises");
@@ -35,7 +61,43 @@ impl ChatService {
             tracing::warn!(error = %e,
                 "could not publish a cluster event; other instances will catch up from the store");
         }
-        self.apply(envelope.event).await;
+    }
+
+    /// Handles an event another instance published.
+    async fn receive(&self, envelope: EventEnvelope) {
+        let from = envelope.origin;
+        if self.inner.peers.heard(from) && envelope.event != ClusterEvent::Leaving {
+            // A newcomer (or one this instance lost sight of): let it know this one at once.
+            self.publish(None, ClusterEvent::Alive).await;
+        }
+        match envelope.event {
+            ClusterEvent::Alive => {}
+            ClusterEvent::Leaving => self.inner.peers.left(from),
+            ClusterEvent::Applied { to, barrier } => {
+                if to == self.inner.instance {
+                    self.inner.peers.applied(barrier, from);
+                }
+            }
+            event => {
+                self.apply(event).await;
+                if let Some(barrier) = envelope.barrier {
+                    self.publish(None, ClusterEvent::Applied { to: from, barrier })
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Says "alive" now and every [`ALIVE_EVERY`] until `shutdown`, then "leaving".
+    pub(super) async fn keep_alive(self, shutdown: CancellationToken) {
+        loop {
+            self.publish(None, ClusterEvent::Alive).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(ALIVE_EVERY) => {}
+            }
+        }
+        self.publish(None, ClusterEvent::Leaving).await;
     }
 
     /// Applies an event to this instance's rooms, consumers and waiting senders.
@@ -54,6 +116,7 @@ impl ChatService {
                 }
             }
             ClusterEvent::RoomDeleted { room } => self.forget_room(&room),
+            ClusterEvent::Alive | ClusterEvent::Leaving | ClusterEvent::Applied { .. } => {}
         }
     }
 
@@ -164,7 +227,7 @@ impl ChatService {
                 match serde_json::from_slice::<EventEnvelope>(&delivery.body) {
                     // Applied when it was published.
                     Ok(envelope) if envelope.origin == self.inner.instance => {}
-                    Ok(envelope) => self.apply(envelope.event).await,
+                    Ok(envelope) => self.receive(envelope).await,
                     Err(e) => tracing::warn!(error = %e, "dropping a malformed cluster event"),
                 }
             }

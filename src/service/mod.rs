@@ -16,6 +16,7 @@ mod error;
 mod events;
 mod history;
 mod live;
+mod peers;
 mod registry;
 mod rooms;
 mod send;
@@ -137,6 +138,8 @@ pub(crate) struct Inner {
     config: ServiceConfig,
     /// Senders waiting for their message to be stored, on this instance.
     waiters: waiters::Waiters,
+    /// The other instances, and the changes waiting for them to apply.
+    peers: peers::Peers,
     /// Fired once to stop every task.
     shutdown: CancellationToken,
     /// Each room's consumer (with a number telling one run from the next), to stop one alone.
@@ -170,6 +173,7 @@ impl ChatService {
                 store,
                 config,
                 waiters: waiters::Waiters::default(),
+                peers: peers::Peers::default(),
                 shutdown: CancellationToken::new(),
                 consumers: Mutex::new(HashMap::new()),
                 consumer_runs: AtomicU64::new(0),
@@ -181,6 +185,10 @@ impl ChatService {
             .clone()
             .listen(service.inner.shutdown.child_token(), ready);
         service.inner.tasks.spawn(listener);
+        let alive = service
+            .clone()
+            .keep_alive(service.inner.shutdown.child_token());
+        service.inner.tasks.spawn(alive);
         if tokio::time::timeout(EVENTS_READY_WAIT, listening)
             .await
             .is_err()
@@ -204,6 +212,11 @@ impl ChatService {
     /// This instance's id in the cluster.
     pub fn instance(&self) -> Uuid {
         self.inner.instance
+    }
+
+    /// How many other instances this one hears from.
+    pub fn peers(&self) -> usize {
+        self.inner.peers.alive()
     }
 
     /// Fires when the service shuts down: long-lived work outside the service (live sockets,

@@ -163,7 +163,7 @@ impl ChatService {
         if let Err(e) = self.inner.rooms.unregister(name).await {
             tracing::warn!(room = %name, error = %e, "deleted room left in the stored room list");
         }
-        self.announce(ClusterEvent::RoomDeleted { room: name.clone() })
+        self.announce_everywhere(ClusterEvent::RoomDeleted { room: name.clone() })
             .await;
         if let Err(e) = self.inner.broker.delete_room(name, room.group_room()).await {
             tracing::warn!(room = %name, error = %e, "deleted room's queue left on the broker");
@@ -212,7 +212,7 @@ impl ChatService {
             )));
         }
         room.remove_group_member(alias).await?;
-        self.announce(ClusterEvent::RoomChanged { meta: room.meta() })
+        self.announce_everywhere(ClusterEvent::RoomChanged { meta: room.meta() })
             .await;
         Ok(room.meta())
     }
@@ -220,7 +220,7 @@ impl ChatService {
     /// Adds `alias` to a group room and tells every instance.
     pub(super) async fn join(&self, room: &ChatRoom, alias: &Alias) -> Result<(), ChatError> {
         if room.add_group_member(alias).await? {
-            self.announce(ClusterEvent::RoomChanged { meta: room.meta() })
+            self.announce_everywhere(ClusterEvent::RoomChanged { meta: room.meta() })
                 .await;
         }
         Ok(())
