@@ -32,8 +32,11 @@ pub struct Load {
     base: String,
     /// Sender and recipient alias of every bench room (private rooms).
     aliases: (String, String),
-    /// The `/send/` URL of each room of the pool; worker `i` sends to room `i % len`.
+    /// The `/send/` URL of each room of the pool through each instance; worker `i` sends to
+    /// `sends[i % len]`.
     sends: Vec<Url>,
+    /// Rooms in the pool.
+    pool: usize,
     /// The history read of the pool's first room.
     history: Url,
 }
@@ -66,15 +69,35 @@ impl Load {
     /// A generator for the server at `addr`, with a pool of `pool` private rooms named after
     /// `run_id` (rooms `<run_id>-r00`.., between aliases `<run_id>-ann` and `<run_id>-bob`).
     pub fn new(addr: std::net::SocketAddr, run_id: &str, pool: usize) -> Result<Self, BenchError> {
+        Self::spread(&[addr], run_id, pool)
+    }
+
+    /// A generator whose sends go through all of `addrs` (instances of one deployment) in turn:
+    /// send `i` goes to room `i % pool` through instance `i % addrs.len()`. Reads and room
+    /// creation go through the first.
+    pub fn spread(
+        addrs: &[std::net::SocketAddr],
+        run_id: &str,
+        pool: usize,
+    ) -> Result<Self, BenchError> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(MAX_IN_FLIGHT)
             .timeout(Duration::from_secs(30))
             .build()?;
-        let base = format!("http://{addr}");
+        let bases: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        let base = bases
+            .first()
+            .cloned()
+            .ok_or_else(|| BenchError::Setup("no instance to send to".into()))?;
         let aliases = (format!("{run_id}-ann"), format!("{run_id}-bob"));
-        let sends = (0..pool.max(1))
-            .map(|k| send_url(&base, &aliases, &format!("{run_id}-r{k:02}")))
+        let pool = pool.max(1);
+        // Every (room, instance) pair, when the counts are coprime; enough of them otherwise.
+        let sends = (0..pool * bases.len())
+            .map(|i| {
+                let room = format!("{run_id}-r{:02}", i % pool);
+                send_url(&bases[i % bases.len()], &aliases, &room)
+            })
             .collect::<Result<_, _>>()?;
         let history = parse_url(format!(
             "{base}/messages/?room_name={run_id}-r00&limit={HISTORY_LIMIT}"
@@ -84,6 +107,7 @@ impl Load {
             base,
             aliases,
             sends,
+            pool,
             history,
         })
     }
@@ -95,7 +119,7 @@ impl Load {
 
     /// How many rooms the pool has.
     pub fn pool_size(&self) -> usize {
-        self.sends.len()
+        self.pool
     }
 
     /// Sends one message to each of `urls` (the first send creates the room), with at most
@@ -122,7 +146,8 @@ impl Load {
 
     /// Creates the pool's rooms (one send each, one at a time).
     pub async fn create_pool(&self) -> (u64, Errors) {
-        self.send_each(self.sends.clone(), 1, || {}).await
+        self.send_each(self.sends[..self.pool].to_vec(), 1, || {})
+            .await
     }
 
     /// Waits until every pool room has stored all it was sent: a send answered 200 was stored,

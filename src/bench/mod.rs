@@ -4,6 +4,8 @@
 //!
 //! - [`plan`]: what a run measures, for how long; [`ends`]: the back ends, opened and cleaned up.
 //! - [`backend`]: one back end's run: the phases and the rows they give.
+//! - [`instances`]: the real back ends under three instances of the service: throughput through
+//!   one and through three, and send→stored latency local and cross-instance.
 //! - [`baseline`]: the raw broker and store rates (the RabbitMQ and MongoDB loops themselves live
 //!   in `broker::rmq::baseline` and `store::mongo::baseline`).
 //! - [`load`]: the HTTP load: closed loop, open loop, history reads, room creation.
@@ -18,6 +20,7 @@
 pub mod backend;
 pub mod baseline;
 pub mod ends;
+pub mod instances;
 pub mod load;
 pub mod plan;
 pub mod progress;
@@ -131,6 +134,9 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let mut failure = None;
     if let [only] = backends[..] {
         report.backends.push(backend::run(only, &plan).await?);
+        if only == Backend::Real {
+            report.backends.push(instances::run(&plan).await?);
+        }
     } else {
         // Ctrl-C reaches the children too; each cleans up and ends, then this process reports.
         let interrupted = Arc::new(AtomicBool::new(false));

@@ -106,6 +106,15 @@ impl Target {
         }
     }
 
+    /// The figure must be below `limit` times its baseline.
+    pub fn ratio_below(limit: f64) -> Self {
+        Self {
+            on: Measure::Ratio,
+            at_least: false,
+            limit,
+        }
+    }
+
     /// Whether `measured` meets the target; a missing figure does not.
     pub fn met_by(&self, measured: Option<f64>) -> bool {
         match measured {
