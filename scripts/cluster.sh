@@ -73,15 +73,26 @@ ensure_services() {
     export MESS_CHAT_MONGO_DB="${MESS_CHAT_MONGO_DB:-mess_chat}"
 }
 
+# Debian's haproxy package, without its system service: ours is a separate process with its own
+# config. While installing, a policy-rc.d that forbids every start keeps the package's postinst
+# from starting the service (unless the machine already has a policy-rc.d, which is then obeyed).
+POLICY_RC_D=/usr/sbin/policy-rc.d
 ensure_haproxy() {
     command -v haproxy >/dev/null 2>&1 && return
     log "apt-get install haproxy"
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >&2 \
-        || die "apt-get install haproxy failed"
+    local ours=""
+    if [ ! -e "$POLICY_RC_D" ]; then
+        printf '#!/bin/sh\n# scripts/cluster.sh: no service starts while it installs haproxy\nexit 101\n' >"$POLICY_RC_D"
+        chmod 755 "$POLICY_RC_D"
+        ours=1
+        trap 'rm -f "$POLICY_RC_D"' EXIT
+    fi
+    local rc=0
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >&2 \
+        || rc=$?
+    if [ -n "$ours" ]; then rm -f "$POLICY_RC_D"; trap - EXIT; fi
+    [ "$rc" -eq 0 ] || die "apt-get install haproxy failed"
     command -v haproxy >/dev/null 2>&1 || die "haproxy is still not on PATH after installing it"
-    # The package may have started its system service (it listens on nothing with Debian's
-    # default config); ours is a separate process with its own config, so leave that alone.
 }
 
 # Sets BIN to an absolute path of the mess-chat binary, building it if it is the default one
@@ -131,8 +142,11 @@ wait_instance() {
     local i=$1 port started=$SECONDS deadline=$((SECONDS + WAIT_SECS))
     port="$(instance_port "$1")"
     until answers_200 "$port" /healthz; do
-        if [ "$SECONDS" -ge "$deadline" ] \
-            || { [ "$SECONDS" -ge $((started + 2)) ] && ! instance_pid "$i" >/dev/null; }; then
+        if [ "$SECONDS" -ge $((started + 2)) ] && ! instance_pid "$i" >/dev/null; then
+            tail -n 30 "$(instance_log "$i")" >&2 2>/dev/null || true
+            die "instance $i exited without answering GET http://127.0.0.1:$port/healthz (log: $(instance_log "$i"))"
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
             tail -n 30 "$(instance_log "$i")" >&2 2>/dev/null || true
             die "instance $i did not answer GET http://127.0.0.1:$port/healthz within ${WAIT_SECS}s (log: $(instance_log "$i"))"
         fi
@@ -159,6 +173,8 @@ defaults
     # WebSockets (a room's live feed): once upgraded, a connection is a tunnel.
     timeout tunnel 1h
     timeout http-request 10s
+    # A /readyz pings the broker and the store: give it more than the 1s between checks.
+    timeout check 2s
 
 frontend mess_chat
     bind 127.0.0.1:$PORT
@@ -249,13 +265,13 @@ start() {
 }
 
 # A value (fingerprint, port, n) recorded in $STATE by the last start.
-recorded() { sed -n "s/^$1=//p" "$STATE" 2>/dev/null; }
+recorded() { sed -n "s/^$1=//p" "$STATE" 2>/dev/null || true; }
 
 any_recorded() { compgen -G "$RUN_DIR/instance-*.pid" >/dev/null || [ -f "$HAPROXY_PID" ]; }
 
-# SIGTERM to the process recorded in $1 (if it is alive and its command line contains $2), then
-# up to STOP_SECS for it to exit, then SIGKILL. Removes the pid file.
-stop_pid_file() {
+# SIGTERM to the process recorded in pid file $1 if it is alive and its command line contains
+# $2 (else the file is only removed); prints the pid signalled.
+signal_pid_file() {
     local pid_file=$1 pattern=$2 name=$3 pid
     [ -f "$pid_file" ] || return 0
     if ! pid="$(live_pid "$pid_file" "$pattern")"; then
@@ -265,7 +281,12 @@ stop_pid_file() {
     fi
     log "$name: stopping pid $pid"
     kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_SECS))
+    echo "$pid"
+}
+
+# Waits up to STOP_SECS for pid $1 to exit, then SIGKILLs it; removes pid file $2.
+reap() {
+    local pid=$1 pid_file=$2 name=$3 deadline=$((SECONDS + STOP_SECS))
     while kill -0 "$pid" 2>/dev/null; do
         if [ "$SECONDS" -ge "$deadline" ]; then
             log "$name: SIGKILL $pid"
@@ -279,13 +300,19 @@ stop_pid_file() {
 
 stop() {
     [ -d "$RUN_DIR" ] || { log "nothing recorded in $RUN_DIR"; return; }
+    local pid pid_file i pids=() files=() names=()
     # The load balancer first, so no request reaches an instance on its way out.
-    stop_pid_file "$HAPROXY_PID" haproxy haproxy
-    local pid_file i
+    pid="$(signal_pid_file "$HAPROXY_PID" haproxy haproxy)"
+    [ -z "$pid" ] || reap "$pid" "$HAPROXY_PID" haproxy
+    # Then every instance at once (each takes a moment to leave gracefully), waiting for each.
     for pid_file in "$RUN_DIR"/instance-*.pid; do
         [ -e "$pid_file" ] || continue
         i="${pid_file##*/instance-}"; i="${i%.pid}"
-        stop_pid_file "$pid_file" mess-chat "instance $i"
+        pid="$(signal_pid_file "$pid_file" mess-chat "instance $i")"
+        [ -z "$pid" ] || { pids+=("$pid"); files+=("$pid_file"); names+=("instance $i"); }
+    done
+    for i in "${!pids[@]}"; do
+        reap "${pids[$i]}" "${files[$i]}" "${names[$i]}"
     done
     rm -f "$STATE"
     log "stopped"

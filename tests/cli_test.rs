@@ -119,3 +119,32 @@ async fn json_log_format_writes_one_json_object_per_line() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_embedded_data_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut first = serve(None)
+        .args(["--listen", "127.0.0.1:0", "--data-dir", data])
+        .spawn()
+        .unwrap();
+    let base = base_url(&mut first).await;
+    let second = serve(None)
+        .args(["--listen", "127.0.0.1:0", "--data-dir", data])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), second.wait_with_output())
+        .await
+        .expect("the second process exits")
+        .unwrap();
+    assert!(!output.status.success(), "a second process must not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use by another mess-chat process"),
+        "the error says why: {stderr}"
+    );
+    // The first is unharmed.
+    send_one(&base).await;
+    first.kill().await.unwrap();
+}

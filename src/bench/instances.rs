@@ -96,7 +96,9 @@ async fn instance(ends: &Ends, first: bool) -> Result<Server, BenchError> {
             ..
         } = ends
         else {
-            return Err(BenchError::Setup("several instances need the real back ends".into()));
+            return Err(BenchError::Setup(
+                "several instances need the real back ends".into(),
+            ));
         };
         let store = MongoStore::connect(mongo_url, database).await?;
         (
@@ -144,7 +146,14 @@ async fn measure(
     phase.finish("done");
 
     let other = Load::new(servers[1].addr(), run_id, plan.pool)?;
-    let far = latency(&other, "through another instance", plan, progress, &mut problems).await;
+    let far = latency(
+        &other,
+        "through another instance",
+        plan,
+        progress,
+        &mut problems,
+    )
+    .await;
     let addrs: Vec<SocketAddr> = servers.iter().map(Server::addr).collect();
     let all = Load::spread(&addrs, run_id, plan.pool)?;
     let three = closed(
@@ -219,7 +228,10 @@ async fn settle(load: &Load, plan: &Plan, progress: &Progress, problems: &mut Ve
 }
 
 fn rows(one: ClosedLoop, three: ClosedLoop, mut near: LatencyRun, mut far: LatencyRun) -> Vec<Row> {
-    let (near_p50, near_p99) = (near.samples.percentile_ms(50.0), near.samples.percentile_ms(99.0));
+    let (near_p50, near_p99) = (
+        near.samples.percentile_ms(50.0),
+        near.samples.percentile_ms(99.0),
+    );
     vec![
         Row::new(
             format!("acked sends, 1 instance, concurrency {CONCURRENCY}"),
