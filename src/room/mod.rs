@@ -507,15 +507,38 @@ impl ChatRoom {
         Ok(())
     }
 
+    /// The room as stored: metadata and the newest `capacity` messages (two reads); `None` if
+    /// the store has no such room.
+    pub async fn load(
+        name: &RoomName,
+        broker: Arc<dyn Broker>,
+        store: Arc<dyn Store>,
+        capacity: usize,
+    ) -> Result<Option<Self>, RoomError> {
+        let Some(meta) = store.load_room(name).await? else {
+            return Ok(None);
+        };
+        let room = Self::from_meta(meta.clone(), broker, store, capacity);
+        room.fill_from(meta).await?;
+        Ok(Some(room))
+    }
+
     /// Loads the room from the store: metadata, the newest `capacity` messages into the cache,
     /// and the last sequence number. Returns `false` (and changes nothing) if the store has no
     /// such room.
     pub async fn restore(&self) -> Result<bool, RoomError> {
-        let store = &self.inner.store;
-        let Some(meta) = store.load_room(&self.inner.name).await? else {
+        let Some(meta) = self.inner.store.load_room(&self.inner.name).await? else {
             return Ok(false);
         };
-        let latest = store
+        self.fill_from(meta).await?;
+        Ok(true)
+    }
+
+    /// Takes stored metadata and reads the newest messages into the cache.
+    async fn fill_from(&self, meta: RoomMeta) -> Result<(), RoomError> {
+        let latest = self
+            .inner
+            .store
             .latest_messages(&self.inner.name, self.inner.capacity)
             .await?;
         let last_sequence = latest.last().map(sequence).unwrap_or(0);
@@ -535,7 +558,7 @@ impl ChatRoom {
             state.cache = latest.into_iter().rev().collect();
             state.last_sequence = last_sequence;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Up to `limit` stored messages numbered above `after`, oldest first.

@@ -146,6 +146,8 @@ pub(crate) struct Inner {
     consumers: Mutex<HashMap<RoomName, (u64, CancellationToken)>>,
     /// Numbers the consumer runs.
     consumer_runs: AtomicU64,
+    /// One lock per room being loaded, so that concurrent first uses load it once.
+    loading: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
     /// Every task (consumers, the events listener), to wait for them on shutdown.
     tasks: TaskTracker,
 }
@@ -177,6 +179,7 @@ impl ChatService {
                 shutdown: CancellationToken::new(),
                 consumers: Mutex::new(HashMap::new()),
                 consumer_runs: AtomicU64::new(0),
+                loading: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
             }),
         };

@@ -2,6 +2,7 @@
 //! (send, history, search, members, live) and keeps it in step through cluster events. Every
 //! room of the stored list gets a consumer on every instance; the broker makes one of them active.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::ChatService;
@@ -13,29 +14,45 @@ use crate::room::retrieve::{RoomConsumer, retrieve_messages};
 
 impl ChatService {
     /// The room with this name: the loaded one, or loaded now from the store (metadata and newest
-    /// messages). `RoomNotFound` if the store has no such room.
+    /// messages). `RoomNotFound` if the store has no such room. Concurrent first uses of one room
+    /// wait for one load.
     pub async fn room(&self, name: &RoomName) -> Result<ChatRoom, ChatError> {
         if let Some(room) = self.inner.rooms.find(name) {
             return Ok(room);
         }
-        let Some(meta) = self.inner.store.load_room(name).await? else {
-            return Err(ChatError::RoomNotFound(name.clone()));
+        let loading = {
+            let mut loading = self.inner.loading.lock().unwrap_or_else(|e| e.into_inner());
+            loading.entry(name.clone()).or_default().clone()
         };
-        let room = ChatRoom::from_meta(
-            meta,
-            self.inner.broker.clone(),
-            self.inner.store.clone(),
-            self.inner.config.cache_capacity,
-        );
-        if !room.restore().await? {
-            return Err(ChatError::RoomNotFound(name.clone()));
+        let loaded = async {
+            let _one_load = loading.lock().await;
+            if let Some(room) = self.inner.rooms.find(name) {
+                return Ok(room);
+            }
+            let room = ChatRoom::load(
+                name,
+                self.inner.broker.clone(),
+                self.inner.store.clone(),
+                self.inner.config.cache_capacity,
+            )
+            .await?
+            .ok_or_else(|| ChatError::RoomNotFound(name.clone()))?;
+            let room = self.inner.rooms.add_or_get(room);
+            // Events of this room that arrived while it was loading were not applied to it.
+            self.catch_up(&room).await;
+            self.ensure_consumer(name);
+            Ok(room)
         }
-        // Two first uses at once load twice; the first to get here wins.
-        let room = self.inner.rooms.add_or_get(room);
-        // Events of this room that arrived while it was loading were not applied to it.
-        self.catch_up(&room).await;
-        self.ensure_consumer(name);
-        Ok(room)
+        .await;
+        // The last one out removes the room's lock (a loaded room is found without it).
+        let mut locks = self.inner.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if locks
+            .get(name)
+            .is_some_and(|lock| Arc::strong_count(lock) <= 2)
+        {
+            locks.remove(name);
+        }
+        loaded
     }
 
     /// Whether `alias` is a member of `room`. A "no" from this instance's copy is checked against
