@@ -51,6 +51,10 @@ impl From<ChatError> for ApiError {
             ChatError::KindConflict { .. } => (S::CONFLICT, "room_kind_conflict"),
             ChatError::NameTaken(_) => (S::CONFLICT, "name_taken"),
             ChatError::Conflict(_) => (S::CONFLICT, "conflict"),
+            ChatError::NameClash(_) => (S::CONFLICT, "name_clash"),
+            ChatError::IdempotencyKeyReused { .. } => {
+                (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             ChatError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
             ChatError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -59,10 +63,7 @@ impl From<ChatError> for ApiError {
                 tracing::error!(error = %detail, "internal error");
                 "internal error; see the service log".to_string()
             }
-            ChatError::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "back end unavailable");
-                format!("{e}; try again shortly")
-            }
+            ChatError::Unavailable(_) => format!("{e}; try again shortly"),
             _ => e.to_string(),
         };
         Self::new(status, code, message)

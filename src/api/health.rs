@@ -12,24 +12,46 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: 200 only when both the broker and the store answer; 503 saying which does not.
+/// `GET /readyz`: 200 only when the broker and the store both answer and every room's consumer
+/// works; else 503 saying what does not (the rooms that cannot be stored by name, at most 20).
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let ready = state.service.readiness().await;
-    if ready.broker && ready.store {
+    let stalled: Vec<&str> = ready
+        .rooms_not_stored
+        .iter()
+        .map(|(r, _)| r.as_str())
+        .collect();
+    if ready.ready() {
         return (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "broker": true, "store": true })),
+            Json(
+                json!({ "status": "ready", "broker": true, "store": true, "rooms_not_stored": [] }),
+            ),
         );
     }
-    let down: Vec<&str> = [("broker", ready.broker), ("store", ready.store)]
+    let mut down: Vec<String> = [("broker", ready.broker), ("store", ready.store)]
         .into_iter()
         .filter(|(_, up)| !up)
-        .map(|(name, _)| name)
+        .map(|(name, _)| format!("unavailable: {name}"))
         .collect();
+    if !stalled.is_empty() {
+        let named: Vec<&str> = stalled.iter().take(20).copied().collect();
+        down.push(format!(
+            "{} rooms cannot be stored: {}{}",
+            stalled.len(),
+            named.join(", "),
+            if stalled.len() > named.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        ));
+    }
     let body = json!({
-        "error": { "code": "not_ready", "message": format!("unavailable: {}", down.join(", ")) },
+        "error": { "code": "not_ready", "message": down.join("; ") },
         "broker": ready.broker,
         "store": ready.store,
+        "rooms_not_stored": stalled,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }

@@ -57,7 +57,16 @@ pub enum BrokerError {
     /// The broker answered the publish with a negative confirm.
     #[error("broker did not confirm the message")]
     Nacked,
-    /// The broker rejected an operation (for example a declare with other arguments).
+    /// A queue or exchange of this name exists with other settings (a declare was refused with
+    /// `PRECONDITION_FAILED`).
+    #[error("{name} exists on the broker with other settings: {detail}")]
+    Clash {
+        /// The queue or exchange.
+        name: String,
+        /// The broker's words.
+        detail: String,
+    },
+    /// The broker rejected an operation.
     #[error("broker refused the operation: {0}")]
     Refused(String),
 }

@@ -46,6 +46,8 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unacknowledged deliveries a room consumer may hold at once.
 pub const PREFETCH: u16 = 256;
+/// AMQP's reply code for a declare that contradicts what exists.
+const PRECONDITION_FAILED: u16 = 406;
 
 /// A RabbitMQ broker reached through one (re-established) AMQP connection.
 pub struct RabbitBroker {
@@ -193,8 +195,11 @@ impl RabbitBroker {
         }
     }
 
-    /// Runs an operation on the admin channel within [`OPERATION_TIMEOUT`].
-    async fn admin<T, F, Fut>(&self, operation: F) -> Result<T, BrokerError>
+    /// Runs an operation on the queues or exchanges named `name` on the admin channel, within
+    /// [`OPERATION_TIMEOUT`]. A declare the broker refuses because `name` exists with other
+    /// settings is a [`BrokerError::Clash`] (the broker closed the channel; the next operation
+    /// opens it again).
+    async fn admin<T, F, Fut>(&self, name: &str, operation: F) -> Result<T, BrokerError>
     where
         F: FnOnce(Channel) -> Fut,
         Fut: std::future::Future<Output = lapin::Result<T>>,
@@ -202,7 +207,15 @@ impl RabbitBroker {
         let (link, channel) = self.channel(Role::Admin).await?;
         bounded(operation(channel))
             .await?
-            .map_err(|e| self.error(&link, e))
+            .map_err(|e| match e.kind() {
+                lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == PRECONDITION_FAILED => {
+                    BrokerError::Clash {
+                        name: name.to_string(),
+                        detail: amqp.get_message().to_string(),
+                    }
+                }
+                _ => self.error(&link, e),
+            })
     }
 
     /// Publishes persistent messages on a confirm channel and waits for every confirm. With
@@ -335,7 +348,7 @@ fn inbox_queue_arguments() -> FieldTable {
 impl Broker for RabbitBroker {
     async fn declare_room(&self, room: &RoomName, group_room: bool) -> Result<(), BrokerError> {
         let name = room.as_str();
-        self.admin(|ch| async move {
+        self.admin(name, |ch| async move {
             ch.queue_declare(name.into(), durable(), room_queue_arguments())
                 .await?;
             if group_room {
@@ -354,7 +367,7 @@ impl Broker for RabbitBroker {
 
     async fn bind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
         let inbox = inbox_queue(alias);
-        self.admin(|ch| async move {
+        self.admin(&inbox.clone(), |ch| async move {
             ch.queue_declare(inbox.as_str().into(), durable(), inbox_queue_arguments())
                 .await?;
             ch.queue_bind(
@@ -371,7 +384,7 @@ impl Broker for RabbitBroker {
 
     async fn unbind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
         let inbox = inbox_queue(alias);
-        self.admin(|ch| async move {
+        self.admin(&inbox.clone(), |ch| async move {
             ch.queue_unbind(
                 inbox.as_str().into(),
                 room.as_str().into(),
@@ -384,7 +397,7 @@ impl Broker for RabbitBroker {
     }
 
     async fn delete_room(&self, room: &RoomName, group_room: bool) -> Result<(), BrokerError> {
-        self.admin(|ch| async move {
+        self.admin(room.as_str(), |ch| async move {
             ch.queue_delete(room.as_str().into(), QueueDeleteOptions::default())
                 .await?;
             if group_room {
@@ -398,7 +411,7 @@ impl Broker for RabbitBroker {
 
     async fn delete_inbox(&self, alias: &Alias) -> Result<(), BrokerError> {
         let inbox = inbox_queue(alias);
-        self.admin(|ch| async move {
+        self.admin(&inbox.clone(), |ch| async move {
             ch.queue_delete(inbox.as_str().into(), QueueDeleteOptions::default())
                 .await
                 .map(|_| ())

@@ -5,6 +5,10 @@
 //! at most [`MAX_NAME_LEN`] bytes. That rules out, by construction, everything either system
 //! reserves or forbids: `amq.*` and `system.*` (no dots), `$`, NUL, `/`, `..`, empty names and
 //! over-long ones. Names that start with `_` stay free for the service's own collections.
+//!
+//! Names are case-insensitive, as people expect of chat aliases: `Ann` and `ann` are one alias,
+//! `Lobby` and `lobby` one room. A name is kept in lower case, so every queue, exchange and
+//! collection name is too.
 
 use std::fmt;
 use std::str::FromStr;
@@ -59,10 +63,11 @@ macro_rules! validated_name {
         pub struct $name(String);
 
         impl $name {
-            /// Checks `value` against the name alphabet.
+            /// Checks `value` against the name alphabet; the name is kept in lower case.
             pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
-                let value = value.into();
+                let mut value = value.into();
                 check($kind, &value)?;
+                value.make_ascii_lowercase();
                 Ok(Self(value))
             }
 
@@ -163,6 +168,14 @@ mod tests {
                 "{bad:?} should be an invalid alias"
             );
         }
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_kept_in_lower_case() {
+        assert_eq!(Alias::new("Ann").unwrap(), Alias::new("ann").unwrap());
+        assert_eq!(RoomName::new("Room-1").unwrap().as_str(), "room-1");
+        let parsed: Alias = serde_json::from_str("\"BOB\"").unwrap();
+        assert_eq!(parsed.as_str(), "bob");
     }
 
     #[test]

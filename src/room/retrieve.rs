@@ -44,13 +44,27 @@ pub const MAX_BATCH: usize = 256;
 /// How often an idle consumer checks that its subscription is still open.
 const LIVENESS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Where a room's consumer reports each stored batch: the service publishes it as a cluster event
-/// and feeds its own caches, live feeds and waiting senders.
+/// Where a room's consumer reports each stored batch (the service publishes it as a cluster
+/// event and feeds its own caches, live feeds and waiting senders) and how it is doing.
 #[async_trait]
 pub trait Announce: Send + Sync + 'static {
     /// `messages` are stored (new ones numbered; redelivered ones as first stored). Failures are
     /// the announcer's to log: the messages are stored either way.
     async fn stored(&self, room: &RoomName, messages: &[ChatMessage]);
+
+    /// The consumer's state changed: it consumes, or it cannot (and why).
+    fn health(&self, room: &RoomName, health: Health);
+}
+
+/// Whether a room's consumer can do its work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Subscribed (active or standing by), storing what it gets.
+    Consuming,
+    /// Cannot subscribe, or cannot store what it got: the room's messages wait in its queue.
+    Failing(String),
+    /// Stopped (the room was deleted, or shutdown).
+    Stopped,
 }
 
 /// What the room's consumer works with.
@@ -86,30 +100,42 @@ struct Numbering {
 /// service), subscribes, handles deliveries, and subscribes again with backoff whenever the
 /// broker goes away or cancels the subscription.
 pub async fn retrieve_messages(consumer: RoomConsumer, shutdown: CancellationToken) {
-    let room = consumer.room.clone();
-    let mut backoff = Backoff::default();
-    while !shutdown.is_cancelled() {
-        match consumer.subscribe().await {
-            Ok(Some((stream, meta))) => {
-                metrics::counter!(m::CONSUMER_STARTS).increment(1);
-                backoff.reset();
-                tracing::debug!(%room, "consuming");
-                let numbering = Numbering {
-                    last: None,
-                    group_room: meta.group_room,
-                };
-                if let Ended::Stop = consumer.drain(stream, numbering, &shutdown).await {
+    consumer.run(&shutdown).await;
+    consumer.announce.health(&consumer.room, Health::Stopped);
+}
+
+impl RoomConsumer {
+    async fn run(&self, shutdown: &CancellationToken) {
+        let room = &self.room;
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            match self.subscribe().await {
+                Ok(Some((stream, meta))) => {
+                    metrics::counter!(m::CONSUMER_STARTS).increment(1);
+                    self.announce.health(room, Health::Consuming);
+                    backoff.reset();
+                    tracing::debug!(%room, "consuming");
+                    let numbering = Numbering {
+                        last: None,
+                        group_room: meta.group_room,
+                    };
+                    if let Ended::Stop = self.drain(stream, numbering, shutdown).await {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!(%room, "room deleted; its consumer stops");
                     return;
                 }
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "cannot consume");
+                    self.announce
+                        .health(room, Health::Failing(format!("cannot consume: {e}")));
+                }
             }
-            Ok(None) => {
-                tracing::info!(%room, "room deleted; its consumer stops");
+            if !backoff.wait(shutdown).await {
                 return;
             }
-            Err(e) => tracing::warn!(%room, error = %e, "cannot consume"),
-        }
-        if !backoff.wait(&shutdown).await {
-            return;
         }
     }
 }
@@ -267,6 +293,7 @@ impl RoomConsumer {
         }
         tracing::debug!(room = %self.room, stored = stored.len(),
             duplicates = outcome.len() - stored.len(), last = ?numbering.last, "batch stored");
+        self.announce.health(&self.room, Health::Consuming);
         self.announce.stored(&self.room, &outcome).await;
         if numbering.group_room && !stored.is_empty() {
             self.fan_out(&outcome, &stored).await;
@@ -356,6 +383,8 @@ impl RoomConsumer {
                     metrics::counter!(m::STORE_ERRORS).increment(1);
                     tracing::warn!(room = %self.room, count = batch.len(), error = %e,
                         "cannot store; retrying");
+                    self.announce
+                        .health(&self.room, Health::Failing(format!("cannot store: {e}")));
                     retry.wait(&mut backoff).await?;
                     continue;
                 }

@@ -539,6 +539,8 @@ impl retrieve::Announce for Heard {
     async fn stored(&self, _room: &RoomName, messages: &[ChatMessage]) {
         self.0.lock().unwrap().extend_from_slice(messages);
     }
+
+    fn health(&self, _room: &RoomName, _health: retrieve::Health) {}
 }
 
 impl Heard {

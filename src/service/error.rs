@@ -59,6 +59,22 @@ pub enum ChatError {
     /// The operation conflicts with the room's state.
     #[error("{0}")]
     Conflict(String),
+    /// The broker already has a queue or exchange of this name, declared with other settings
+    /// (another application's): the room cannot use it.
+    #[error(
+        "the broker already has a queue or exchange named {0} with other settings (another \
+         application's?); pick another name"
+    )]
+    NameClash(String),
+    /// An idempotency key already used for a message with another text.
+    #[error(
+        "idempotency key reused with a different message: the key already sent {stored:?}; use \
+         a new key for a new message"
+    )]
+    IdempotencyKeyReused {
+        /// The text stored under the key (shortened).
+        stored: String,
+    },
     /// The broker or the store cannot be used right now; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -69,14 +85,25 @@ pub enum ChatError {
 
 impl From<BrokerError> for ChatError {
     fn from(e: BrokerError) -> Self {
+        // The client hears what it can act on; the broker's own words go to the log.
         match e {
-            BrokerError::Unavailable(_) | BrokerError::Nacked => {
-                ChatError::Unavailable(e.to_string())
+            BrokerError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "broker unavailable");
+                ChatError::Unavailable("the message broker is unavailable".into())
+            }
+            BrokerError::Nacked => {
+                ChatError::Unavailable("the message broker did not take the message".into())
             }
             // The room's queue is missing on the broker (deleted behind the service's back): its
             // consumer declares it again when it resubscribes, so a retry can succeed.
-            BrokerError::Unroutable(_) => ChatError::Unavailable(e.to_string()),
-            BrokerError::Refused(_) => ChatError::Internal(e.to_string()),
+            BrokerError::Unroutable(room) => ChatError::Unavailable(format!(
+                "room {room}'s queue could not take the message; it is being declared again"
+            )),
+            BrokerError::Clash { name, detail } => {
+                tracing::warn!(%name, error = %detail, "broker refused a declare");
+                ChatError::NameClash(name)
+            }
+            BrokerError::Refused(detail) => ChatError::Internal(detail),
         }
     }
 }
@@ -84,7 +111,10 @@ impl From<BrokerError> for ChatError {
 impl From<StoreError> for ChatError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => ChatError::Unavailable(e.to_string()),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "store unavailable");
+                ChatError::Unavailable("the message store is unavailable".into())
+            }
             StoreError::Malformed(_) | StoreError::Unnumbered(_) => {
                 ChatError::Internal(e.to_string())
             }

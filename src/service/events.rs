@@ -15,7 +15,7 @@ use super::peers::{ALIVE_EVERY, BARRIER_WAIT};
 use super::{ChatService, Inner};
 use crate::backoff::Backoff;
 use crate::model::{ChatMessage, ClusterEvent, EventEnvelope, RoomName};
-use crate::room::retrieve::Announce;
+use crate::room::retrieve::{Announce, Health};
 use crate::room::{ChatRoom, Gap};
 
 /// Messages read from the store per page when a cache catches up.
@@ -285,6 +285,12 @@ impl Announce for Announcer {
                 messages: messages.to_vec(),
             })
             .await;
+    }
+
+    fn health(&self, room: &RoomName, health: Health) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.health.report(room, health);
+        }
     }
 }
 

@@ -18,6 +18,8 @@ impl ChatService {
 
 /// Most results one search returns.
 pub const MAX_SEARCH_RESULTS: usize = 100;
+/// Longest search text, in characters.
+pub const MAX_SEARCH_QUERY: usize = 1000;
 
 /// One page of a room's history, oldest first.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -122,6 +124,11 @@ impl ChatService {
     ) -> Result<Vec<ChatMessage>, ChatError> {
         if query.is_empty() {
             return Err(ChatError::BadRequest("q must not be empty".into()));
+        }
+        if query.chars().count() > MAX_SEARCH_QUERY {
+            return Err(ChatError::BadRequest(format!(
+                "q must be at most {MAX_SEARCH_QUERY} characters long"
+            )));
         }
         if limit == 0 || limit > MAX_SEARCH_RESULTS {
             return Err(ChatError::BadRequest(format!(

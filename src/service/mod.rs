@@ -14,6 +14,7 @@ mod access;
 mod auth;
 mod error;
 mod events;
+mod health;
 mod history;
 mod live;
 mod peers;
@@ -110,13 +111,23 @@ pub enum SendOutcome {
     Accepted(ChatMessage),
 }
 
-/// Whether each back end answers.
+/// Whether each back end answers, and which rooms cannot be stored.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Readiness {
     /// The broker answered a ping.
     pub broker: bool,
     /// The store answered a ping.
     pub store: bool,
+    /// Rooms whose consumer on this instance has not been able to subscribe or to store for a
+    /// while (their messages wait in their queues), with why.
+    pub rooms_not_stored: Vec<(RoomName, String)>,
+}
+
+impl Readiness {
+    /// Whether this instance can do all its work.
+    pub fn ready(&self) -> bool {
+        self.broker && self.store && self.rooms_not_stored.is_empty()
+    }
 }
 
 /// The chat service; clones share one state.
@@ -140,6 +151,8 @@ pub(crate) struct Inner {
     waiters: waiters::Waiters,
     /// The other instances, and the changes waiting for them to apply.
     peers: peers::Peers,
+    /// Rooms whose consumer cannot work right now.
+    health: health::RoomHealth,
     /// Fired once to stop every task.
     shutdown: CancellationToken,
     /// Each room's consumer (with a number telling one run from the next), to stop one alone.
@@ -176,6 +189,7 @@ impl ChatService {
                 config,
                 waiters: waiters::Waiters::default(),
                 peers: peers::Peers::default(),
+                health: health::RoomHealth::default(),
                 shutdown: CancellationToken::new(),
                 consumers: Mutex::new(HashMap::new()),
                 consumer_runs: AtomicU64::new(0),
@@ -233,7 +247,8 @@ impl ChatService {
         &self.inner.rooms
     }
 
-    /// Pings the broker and the store (each within two seconds).
+    /// Pings the broker and the store (each within two seconds), and lists the rooms this
+    /// instance has not been able to store for a while.
     pub async fn readiness(&self) -> Readiness {
         let limit = Duration::from_secs(2);
         let (broker, store) = tokio::join!(
@@ -243,6 +258,7 @@ impl ChatService {
         Readiness {
             broker: matches!(broker, Ok(Ok(()))),
             store: matches!(store, Ok(Ok(()))),
+            rooms_not_stored: self.inner.health.stalled(health::STALL_GRACE),
         }
     }
 

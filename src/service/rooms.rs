@@ -135,7 +135,10 @@ impl ChatService {
         };
         if let Err(e) = ready.await {
             tracing::warn!(room = %name, error = %e, "room creation failed; undoing it");
-            let _ = broker.delete_room(name, group_room).await;
+            // A clash means the queue or exchange is someone else's: leave it alone.
+            if !matches!(e, ChatError::NameClash(_)) {
+                let _ = broker.delete_room(name, group_room).await;
+            }
             if let Err(undo) = store.delete_room(name).await {
                 tracing::error!(room = %name, error = %undo,
                     "could not undo a failed room creation: the room stays in the store");
@@ -158,6 +161,8 @@ impl ChatService {
                 "only the owner of {name} may delete it"
             )));
         }
+        // The broker must be there to take the room's queue away: refused now, nothing happened.
+        self.inner.broker.ping().await?;
         // The deletion is decided here: from now on the room does not exist.
         self.inner.store.delete_room(name).await?;
         if let Err(e) = self.inner.rooms.unregister(name).await {

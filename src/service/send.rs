@@ -6,7 +6,8 @@ use super::waiters::RoomGone;
 use super::{ChatError, ChatService, SendMode, SendOutcome, SendRequest, kind};
 use crate::metrics as m;
 use crate::model::{
-    Alias, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MessageProperties, idempotent_id,
+    Alias, ChatMessage, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MessageProperties,
+    idempotent_id,
 };
 use crate::room::{ChatRoom, RoomError};
 
@@ -87,8 +88,17 @@ impl ChatService {
             MessageProperties::new_sent(room.name().clone(), request.from_alias.clone(), to_user);
         if let Some(key) = &request.idempotency_key {
             props.id = idempotent_id(room.name(), &request.from_alias, key);
+            // A retry of a stored message answers with it at once; a reuse of the key for
+            // another text is refused before anything is published. (If the store cannot say,
+            // the send goes on: the consumer recognises the id either way.)
+            let ids = [props.id];
+            let stored = self.inner.store.existing_messages(room.name(), &ids).await;
+            if let Ok(Some(stored)) = stored.map(|found| found.into_iter().next()) {
+                return same_message(stored, &request.message).map(SendOutcome::Stored);
+            }
         }
         let id = props.id;
+        let keyed = request.idempotency_key.is_some();
         let waiters = &self.inner.waiters;
         let stored = waiters.register(room.name(), id);
         let sent = match room.send_message(request.message, props).await {
@@ -100,6 +110,10 @@ impl ChatService {
         };
         let stored = tokio::time::timeout(self.inner.config.store_wait, stored).await;
         match stored {
+            // Another send with this key (and another text) may have been stored first.
+            Ok(Ok(Ok(stored))) if keyed => {
+                return same_message(stored, &sent.message).map(SendOutcome::Stored);
+            }
             Ok(Ok(Ok(stored))) => return Ok(SendOutcome::Stored(stored)),
             Ok(Ok(Err(RoomGone))) => return Err(ChatError::RoomNotFound(room.name().clone())),
             _ => waiters.forget(&id),
@@ -164,6 +178,17 @@ impl ChatService {
             Some(to) if *to != other => Err(private_room_full(room)),
             _ => Ok(other),
         }
+    }
+}
+
+/// The stored message, if it carries `text`; else the key it was sent with was reused.
+fn same_message(stored: ChatMessage, text: &str) -> Result<ChatMessage, ChatError> {
+    if stored.message == text {
+        Ok(stored)
+    } else {
+        Err(ChatError::IdempotencyKeyReused {
+            stored: stored.message.chars().take(80).collect(),
+        })
     }
 }
 
