@@ -63,6 +63,23 @@ pub enum ConfigError {
     },
 }
 
+/// `url` with the password of its user part replaced by `***`, for logs and messages:
+/// `amqp://guest:guest@127.0.0.1:5672/%2f` → `amqp://guest:***@127.0.0.1:5672/%2f`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
 impl FileConfig {
     /// Reads and parses the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -107,6 +124,23 @@ mod tests {
         assert_eq!(file.cache_capacity, Some(10));
         assert_eq!(file.store_wait_ms, Some(250));
         assert_eq!(file.no_auth, Some(true));
+    }
+
+    #[test]
+    fn credentials_never_reach_a_log_line() {
+        assert_eq!(
+            redacted("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redacted("mongodb://u:p%40ss@db:1,db2:2/?authSource=admin"),
+            "mongodb://u:***@db:1,db2:2/?authSource=admin"
+        );
+        assert_eq!(
+            redacted("mongodb://127.0.0.1:27017/?retryWrites=false"),
+            "mongodb://127.0.0.1:27017/?retryWrites=false"
+        );
+        assert_eq!(redacted("not a url"), "not a url");
     }
 
     #[test]

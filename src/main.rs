@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use mess_chat::client::{Client, SendParams};
-use mess_chat::config::FileConfig;
+use mess_chat::config::{FileConfig, redacted};
 use mess_chat::server::{Config, Server};
 use mess_chat::service::ServiceConfig;
 
@@ -327,13 +327,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             store_wait: Duration::from_millis(args.store_wait_ms),
             require_auth: !args.no_auth,
         },
+        http: mess_chat::server::HttpLimits::default(),
     };
-    let broker = config
-        .amqp_url
-        .as_deref()
-        .unwrap_or("embedded (in-process)");
+    let broker = match &config.amqp_url {
+        Some(url) => redacted(url),
+        None => "embedded (in-process)".into(),
+    };
     let store = match &config.mongo_url {
-        Some(url) => format!("{url} (database {})", config.mongo_db),
+        Some(url) => format!("{} (database {})", redacted(url), config.mongo_db),
         None => format!("embedded ({})", config.data_dir.display()),
     };
     tracing::info!(%broker, %store, "starting");

@@ -25,6 +25,8 @@ pub const SEND_TO_STORED_SECONDS: &str = "mess_chat_send_to_stored_seconds";
 pub const BROKER_RECONNECTS: &str = "mess_chat_broker_reconnects_total";
 /// Room consumers (re)subscribing to their queue.
 pub const CONSUMER_STARTS: &str = "mess_chat_consumer_starts_total";
+/// Connections answered 503 because the server had its maximum open.
+pub const CONNECTIONS_REFUSED: &str = "mess_chat_connections_refused_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -38,6 +38,7 @@ on_both_backends!(
     a_search_text_over_the_limit_is_refused,
     leaving_removal_and_deletion_end_the_alias_live_sockets,
     names_are_case_insensitive,
+    every_error_comes_in_the_one_json_shape,
 );
 
 /// A registered alias and a client carrying its token.
@@ -346,6 +347,142 @@ async fn names_are_case_insensitive(backend: Backend) {
         ["shouted"]
     );
     t.cleanup().await;
+}
+
+/// Sends raw bytes to the server and reads its whole answer (it closes the connection).
+async fn raw(t: &TestServer, request: &[u8]) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = t.client.base().trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let json = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, json)
+}
+
+async fn every_error_comes_in_the_one_json_shape(backend: Backend) {
+    let _shared = SERVICES.read().await;
+    let t = TestServer::start_authenticated(backend).await;
+    let ann = member(&t, "ann").await;
+    // What hyper answers by itself before any handler runs.
+    let long_url = format!(
+        "GET /messages/?room_name={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let big_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(200_000)
+    );
+    for (request, status, code) in [
+        (long_url.into_bytes(), 414, "uri_too_long"),
+        (big_header.into_bytes(), 431, "headers_too_large"),
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400, "bad_request"),
+    ] {
+        let (got, body) = raw(&t, &request).await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+        assert!(body["error"]["message"].is_string());
+    }
+    // What the HTTP layer answers: wrong method, unknown path, bodies too large, of the wrong
+    // type or not JSON; each status with its code.
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", t.client.base());
+    let rooms = url("/api/v1/rooms");
+    let cases = [
+        (http.put(url("/send/")), 405, "method_not_allowed"),
+        (http.get(url("/no/such/path")), 404, "not_found"),
+        (
+            http.post(&rooms)
+                .bearer_auth(&ann.token)
+                .json(&serde_json::json!({
+                    "name": "x".repeat(70_000), "group_room": true
+                })),
+            413,
+            "payload_too_large",
+        ),
+        (
+            http.post(&rooms)
+                .bearer_auth(&ann.token)
+                .json(&serde_json::json!({ "name": 7, "group_room": "yes" })),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(&rooms)
+                .bearer_auth(&ann.token)
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(&rooms).bearer_auth(&ann.token).body("name=x"),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let answer = request.send().await.unwrap();
+        let got = answer.status().as_u16();
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_the_log() {
+    let _shared = SERVICES.read().await;
+    let url = common::amqp_url();
+    assert!(
+        url.contains(":guest@"),
+        "the test needs a URL with credentials: {url}"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mess-chat"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("MESS_CHAT_AMQP_URL", &url)
+        .env("MESS_CHAT_DATA_DIR", data.path())
+        .env_remove("MESS_CHAT_MONGO_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    timeout(WAIT, stdout.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.starts_with("mess-chat listening on"), "{line}");
+    child.kill().await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("guest:***@"),
+        "the broker is named, redacted: {log}"
+    );
+    assert!(!log.contains(":guest@"), "a password in the log: {log}");
 }
 
 // ---------------------------------------------------------------- real back end, topology

@@ -11,6 +11,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -115,15 +116,16 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-/// A JSON body, or a 4xx saying why it is not one.
+/// A JSON body, or a 4xx saying why it is not one: 413 too large, 415 not JSON, and 400 for
+/// everything else (malformed JSON, or JSON of the wrong shape).
 fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     json.map(|Json(v)| v).map_err(|rejection| {
-        let code = match rejection.status().as_u16() {
-            413 => "payload_too_large",
-            415 => "unsupported_media_type",
-            _ => "bad_request",
+        let (status, code) = match rejection.status().as_u16() {
+            413 => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            415 => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            _ => (StatusCode::BAD_REQUEST, "bad_request"),
         };
-        ApiError::new(rejection.status(), code, rejection.body_text())
+        ApiError::new(status, code, rejection.body_text())
     })
 }
 

@@ -1,6 +1,10 @@
 //! Start-up and shutdown: picks the back ends from the configuration (once), starts the
-//! service, serves HTTP, and stops in order: HTTP first (in-flight sends finish), then the
-//! room consumers (each finishes the delivery it holds).
+//! service, serves HTTP ([`http`], with [`plain_errors`] rewriting hyper's own error answers),
+//! and stops in order: HTTP first (in-flight sends finish), then the room consumers (each
+//! finishes the delivery it holds).
+
+pub mod http;
+mod plain_errors;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +23,8 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::{Store, StoreError};
 
+pub use http::HttpLimits;
+
 /// Everything `mess-chat serve` can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -36,6 +42,8 @@ pub struct Config {
     pub no_auth: bool,
     /// Service tunables.
     pub service: ServiceConfig,
+    /// What one HTTP connection may take.
+    pub http: HttpLimits,
 }
 
 /// What can stop the server from starting.
@@ -81,26 +89,32 @@ impl Server {
     pub async fn start(config: &Config) -> Result<Self, ServerError> {
         let listener = TcpListener::bind(config.listen).await?;
         let store = store(config).await?;
-        Self::start_with(listener, broker(config), store, config.service.clone()).await
+        let service = ChatService::start(broker(config), store, config.service.clone()).await?;
+        Self::serve(listener, service, config.http.clone())
     }
 
-    /// Starts serving on `listener` with the given back ends.
+    /// Starts serving on `listener` with the given back ends and the default HTTP limits.
     pub async fn start_with(
         listener: TcpListener,
         broker: Arc<dyn Broker>,
         store: Arc<dyn Store>,
         service_config: ServiceConfig,
     ) -> Result<Self, ServerError> {
+        let service = ChatService::start(broker, store, service_config).await?;
+        Self::serve(listener, service, HttpLimits::default())
+    }
+
+    /// Serves a started service on `listener`.
+    pub fn serve(
+        listener: TcpListener,
+        service: ChatService,
+        limits: HttpLimits,
+    ) -> Result<Self, ServerError> {
         let addr = listener.local_addr()?;
         crate::metrics::handle();
-        let service = ChatService::start(broker, store, service_config).await?;
         let stop_http = CancellationToken::new();
         let app = api::app(service.clone());
-        let http = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-                .into_future(),
-        );
+        let http = tokio::spawn(http::serve(listener, app, limits, stop_http.clone()));
         tracing::info!(%addr, "listening");
         Ok(Self {
             addr,
