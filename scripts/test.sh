@@ -14,11 +14,17 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check schemathesis >&2
 fi
 export MESS_CHAT_SCHEMATHESIS="$venv/bin/schemathesis"
-# The browser test (tests/web_test.rs) needs Debian's Chromium and playwright-core from the lock.
-if ! command -v chromium >/dev/null; then
-    echo "test.sh: installing chromium" >&2
+# The browser test (tests/web_test.rs) needs Debian's Chromium and playwright-core from the lock;
+# the README test (tests/readme_test.rs) runs the README's commands, which use curl and jq; the
+# deployment test uses HAProxy (scripts/cluster.sh installs it if missing).
+missing=()
+for tool in chromium jq curl; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "test.sh: installing ${missing[*]}" >&2
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ ! -d tests/web/node_modules ] || [ tests/web/package-lock.json -nt tests/web/node_modules ]; then
     npm ci --prefix tests/web --no-audit --no-fund >&2

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{
+    ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
+};
 use mess_chat::client::{Client, SendParams};
 use mess_chat::config::{FileConfig, redacted};
 use mess_chat::server::{Config, Server};
@@ -60,8 +63,17 @@ struct ServeArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "MESS_CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
-    /// Dev mode: the assignment-style endpoints are open without authentication.
-    #[arg(long, env = "MESS_CHAT_NO_AUTH")]
+    /// Dev mode: the assignment-style endpoints are open without authentication. As a variable
+    /// (or `--no-auth=<value>`) it takes true/false, 1/0, yes/no, on/off, any case.
+    #[arg(
+        long,
+        env = "MESS_CHAT_NO_AUTH",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = ArgAction::Set
+    )]
     no_auth: bool,
     /// Messages kept in each room's in-memory cache.
     #[arg(long, env = "MESS_CHAT_CACHE_CAPACITY", default_value_t = 1000)]
@@ -259,11 +271,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Register(args) => {
+            // Shell-evaluable on stdout: `eval "$(mess-chat register ann)"` sets the token.
             let registered = args.server.client().register(&args.alias).await?;
-            println!("{}", registered.token);
+            println!("export MESS_CHAT_TOKEN='{}'", registered.token);
             eprintln!(
-                "registered {}; to use the token: export MESS_CHAT_TOKEN={}",
-                registered.alias, registered.token
+                "registered {}; its token is shown this once (eval this command's output to use \
+                 it)",
+                registered.alias
             );
             Ok(())
         }

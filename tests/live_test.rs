@@ -422,7 +422,13 @@ async fn cli_registers_lists_rooms_and_tails_live_messages(backend: Backend) {
         .unwrap()
         .unwrap();
     assert!(output.status.success());
-    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let token = stdout
+        .trim()
+        .strip_prefix("export MESS_CHAT_TOKEN='")
+        .and_then(|t| t.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("an export line: {stdout}"))
+        .to_string();
     assert!(token.starts_with(&format!("{ann}.")), "{token}");
 
     let ann_client = t.client.clone().with_token(Some(token.clone()));

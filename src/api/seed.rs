@@ -70,12 +70,13 @@ fn optional(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
 
+/// The usual spellings of a boolean (HTML forms send `on`), any case.
 fn parse_bool(value: &str) -> Result<bool, ApiError> {
     match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(ApiError::bad_request(format!(
-            "group_room must be true or false, not {:?}",
+            "group_room must be true/false, 1/0, yes/no or on/off, not {:?}",
             value.chars().take(20).collect::<String>()
         ))),
     }

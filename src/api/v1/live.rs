@@ -59,7 +59,19 @@ pub struct LiveQuery {
     token: Option<String>,
 }
 
-/// Upgrades a member's request to a WebSocket that pushes the room's messages after `after`.
+/// A member's live feed of the room, over a WebSocket: each stored message as one text frame (the
+/// `ChatMessage` JSON), sequence numbers strictly increasing, each once; `after` resumes after
+/// the last one seen. Close codes: 1000 room deleted, 4403 no longer a member, 1001 server
+/// stopping, 1011 history unreadable (reconnect with `after`). The token may come as `token=`,
+/// for browsers.
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/live", security(("bearer" = [])),
+    params(("room" = String, Path),
+        ("after" = Option<u64>, Query, description = "the last sequence number seen"),
+        ("token" = Option<String>, Query, description = "the bearer token, for browsers")),
+    responses((status = 101, description = "switching to the WebSocket feed"),
+        (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+        (status = 426, description = "not a WebSocket request", body = super::ErrorBody)))]
 pub async fn rooms_live(
     State(state): State<AppState>,
     caller: Caller,

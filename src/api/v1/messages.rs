@@ -57,8 +57,10 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/messages", request_body = CreateMessage,
     security(("bearer" = [])), params(("room" = String, Path)),
     responses((status = 201, body = SendResponse), (status = 202, body = SendResponse),
-        (status = 400, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
+        (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+        (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
+        (status = 422, description = "idempotency key reused with another text", body = super::ErrorBody),
         (status = 503, body = super::ErrorBody)))]
 pub async fn messages_create(
     State(state): State<AppState>,
@@ -96,7 +98,8 @@ pub async fn messages_create(
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/messages", security(("bearer" = [])),
     params(("room" = String, Path), PageQuery),
     responses((status = 200, body = HistoryPage), (status = 400, body = super::ErrorBody),
-        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
+        (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody), (status = 503, body = super::ErrorBody)))]
 pub async fn messages_index(
     State(state): State<AppState>,
     caller: Caller,
@@ -119,7 +122,8 @@ pub async fn messages_index(
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/search", security(("bearer" = [])),
     params(("room" = String, Path), SearchQuery),
     responses((status = 200, body = Vec<ChatMessage>), (status = 400, body = super::ErrorBody),
-        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
+        (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody), (status = 503, body = super::ErrorBody)))]
 pub async fn messages_search(
     State(state): State<AppState>,
     caller: Caller,

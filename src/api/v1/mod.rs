@@ -39,6 +39,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         messages::messages_create,
         messages::messages_index,
         messages::messages_search,
+        live::rooms_live,
     ),
     components(schemas(
         crate::model::ChatMessage,

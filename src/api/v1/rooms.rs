@@ -51,6 +51,8 @@ pub async fn rooms_index(
         (status = 201, body = RoomMeta), (status = 200, description = "the same room existed already", body = RoomMeta),
         (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
         (status = 409, description = "a different room of that name exists", body = super::ErrorBody),
+        (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
+        (status = 503, body = super::ErrorBody),
     ))]
 pub async fn rooms_create(
     State(state): State<AppState>,
@@ -74,8 +76,8 @@ pub async fn rooms_create(
 /// A room the caller is a member of.
 #[utoipa::path(get, path = "/api/v1/rooms/{room}", security(("bearer" = [])),
     params(("room" = String, Path)),
-    responses((status = 200, body = RoomMeta), (status = 403, body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody)))]
+    responses((status = 200, body = RoomMeta), (status = 401, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
 pub async fn rooms_show(
     State(state): State<AppState>,
     caller: Caller,
@@ -89,8 +91,9 @@ pub async fn rooms_show(
 /// Deletes a room (its owner only): its queue, exchange, history.
 #[utoipa::path(delete, path = "/api/v1/rooms/{room}", security(("bearer" = [])),
     params(("room" = String, Path)),
-    responses((status = 204), (status = 403, body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody)))]
+    responses((status = 204), (status = 401, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+        (status = 503, body = super::ErrorBody)))]
 pub async fn rooms_delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -106,8 +109,10 @@ pub async fn rooms_delete(
 /// inbox queue). Anyone may join; members may add others.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/members", request_body = AddMember,
     security(("bearer" = [])), params(("room" = String, Path)),
-    responses((status = 200, body = RoomMeta), (status = 403, body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+    responses((status = 200, body = RoomMeta), (status = 401, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+        (status = 409, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
+        (status = 415, body = super::ErrorBody), (status = 503, body = super::ErrorBody)))]
 pub async fn members_add(
     State(state): State<AppState>,
     caller: Caller,
@@ -124,8 +129,9 @@ pub async fn members_add(
 /// the owner may remove anyone else.
 #[utoipa::path(delete, path = "/api/v1/rooms/{room}/members/{alias}", security(("bearer" = [])),
     params(("room" = String, Path), ("alias" = String, Path)),
-    responses((status = 200, body = RoomMeta), (status = 403, body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+    responses((status = 200, body = RoomMeta), (status = 401, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+        (status = 409, body = super::ErrorBody), (status = 503, body = super::ErrorBody)))]
 pub async fn members_remove(
     State(state): State<AppState>,
     caller: Caller,

@@ -32,7 +32,9 @@ pub struct UserCreated {
     responses(
         (status = 201, body = UserCreated),
         (status = 400, body = super::ErrorBody),
-        (status = 409, description = "already registered, or the name of a room", body = super::ErrorBody),
+        (status = 409, description = "the alias is registered already", body = super::ErrorBody),
+        (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
+        (status = 503, body = super::ErrorBody),
     ))]
 pub async fn users_create(
     State(state): State<AppState>,
