@@ -502,7 +502,7 @@ async fn bad_bodies_and_paths_get_a_4xx_with_a_json_error(backend: Backend) {
             Method::POST,
             "/api/v1/users".into(),
             Some(json!({ "nope": 1 })),
-            422,
+            400,
         ),
         (
             Method::POST,

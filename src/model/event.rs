@@ -57,6 +57,12 @@ pub enum ClusterEvent {
         /// The deleted room.
         room: RoomName,
     },
+    /// The room's queue was deleted behind the service (and declared again): messages it held
+    /// and had not delivered are gone. Senders waiting for one must not hear it is safe.
+    QueueLost {
+        /// The room.
+        room: RoomName,
+    },
     /// The origin is alive (sent every few seconds, and at start).
     Alive,
     /// The origin stops: no instance waits for it any more.

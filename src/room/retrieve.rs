@@ -54,6 +54,10 @@ pub trait Announce: Send + Sync + 'static {
 
     /// The consumer's state changed: it consumes, or it cannot (and why).
     fn health(&self, room: &RoomName, health: Health);
+
+    /// The room's queue was deleted behind the service: the messages it held and had not
+    /// delivered are gone, so whoever waits for one of them must not be told it is safe.
+    async fn queue_lost(&self, room: &RoomName);
 }
 
 /// Whether a room's consumer can do its work.
@@ -83,6 +87,9 @@ pub struct RoomConsumer {
 enum Ended {
     /// Subscribe again (the broker went away, or cancelled the consumer).
     Resubscribe,
+    /// The broker cancelled the consumer on a live channel: the room's queue was deleted, and
+    /// with it whatever it held that was not delivered yet. Declare it again and subscribe.
+    QueueGone,
     /// Shutdown.
     Stop,
 }
@@ -119,8 +126,10 @@ impl RoomConsumer {
                         last: None,
                         group_room: meta.group_room,
                     };
-                    if let Ended::Stop = self.drain(stream, numbering, shutdown).await {
-                        return;
+                    match self.drain(stream, numbering, shutdown).await {
+                        Ended::Stop => return,
+                        Ended::QueueGone => self.announce.queue_lost(room).await,
+                        Ended::Resubscribe => {}
                     }
                 }
                 Ok(None) => {
@@ -177,8 +186,13 @@ impl RoomConsumer {
                     tracing::warn!(room = %self.room, error = %e, "consumer failed");
                     return Ended::Resubscribe;
                 }
+                None if stream.is_open() => {
+                    tracing::warn!(room = %self.room,
+                        "the broker cancelled the consumer: the room's queue was deleted");
+                    return Ended::QueueGone;
+                }
                 None => {
-                    tracing::info!(room = %self.room, "subscription ended (cancelled or closed)");
+                    tracing::info!(room = %self.room, "subscription closed");
                     return Ended::Resubscribe;
                 }
             };

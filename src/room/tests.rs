@@ -541,6 +541,8 @@ impl retrieve::Announce for Heard {
     }
 
     fn health(&self, _room: &RoomName, _health: retrieve::Health) {}
+
+    async fn queue_lost(&self, _room: &RoomName) {}
 }
 
 impl Heard {

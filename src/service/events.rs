@@ -116,6 +116,7 @@ impl ChatService {
                 }
             }
             ClusterEvent::RoomDeleted { room } => self.forget_room(&room),
+            ClusterEvent::QueueLost { room } => self.inner.waiters.doubt_room(&room),
             ClusterEvent::Alive | ClusterEvent::Leaving | ClusterEvent::Applied { .. } => {}
         }
     }
@@ -284,6 +285,16 @@ impl Announce for Announcer {
                 room: room.clone(),
                 messages: messages.to_vec(),
             })
+            .await;
+    }
+
+    async fn queue_lost(&self, room: &RoomName) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let service = ChatService { inner };
+        service
+            .announce(ClusterEvent::QueueLost { room: room.clone() })
             .await;
     }
 

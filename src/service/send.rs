@@ -104,12 +104,12 @@ impl ChatService {
         let sent = match room.send_message(request.message, props).await {
             Ok(sent) => sent,
             Err(e) => {
-                waiters.forget(&id);
+                let _ = waiters.forget(&id);
                 return Err(self.refused(&room, e).await);
             }
         };
         let stored = tokio::time::timeout(self.inner.config.store_wait, stored).await;
-        match stored {
+        let in_doubt = match stored {
             // Another send with this key (and another text) may have been stored first.
             Ok(Ok(Ok(stored))) if keyed => {
                 return same_message(stored, &sent.message).map(SendOutcome::Stored);
@@ -117,6 +117,15 @@ impl ChatService {
             Ok(Ok(Ok(stored))) => return Ok(SendOutcome::Stored(stored)),
             Ok(Ok(Err(RoomGone))) => return Err(ChatError::RoomNotFound(room.name().clone())),
             _ => waiters.forget(&id),
+        };
+        if in_doubt {
+            // The queue that held it was deleted: it may be gone, so it is not acknowledged.
+            return Err(ChatError::Unavailable(format!(
+                "message {id} was in room {}'s queue when the queue was deleted and is not \
+                 stored; it may be lost: retry with the same idempotency_key to send it exactly \
+                 once",
+                room.name()
+            )));
         }
         if self.inner.broker.durable() {
             // The broker holds it durably: it will be stored once the store can take it.

@@ -28,6 +28,8 @@ pub(super) struct Waiters {
 struct Waiting {
     room: RoomName,
     senders: Vec<oneshot::Sender<Outcome>>,
+    /// The room's queue was deleted while the message waited: it may have gone with it.
+    in_doubt: bool,
 }
 
 impl Waiters {
@@ -43,20 +45,33 @@ impl Waiters {
             .or_insert_with(|| Waiting {
                 room: room.clone(),
                 senders: Vec::new(),
+                in_doubt: false,
             })
             .senders
             .push(tx);
         rx
     }
 
-    /// Drops the interest of senders that gave up on a message (failed send or timeout).
-    pub fn forget(&self, id: &Uuid) {
+    /// Drops the interest of senders that gave up on a message (failed send or timeout); says
+    /// whether the message was in doubt (see [`Waiters::doubt_room`]).
+    pub fn forget(&self, id: &Uuid) -> bool {
         let mut waiting = self.waiting();
-        if let Some(w) = waiting.get_mut(id) {
-            w.senders.retain(|tx| !tx.is_closed());
-            if w.senders.is_empty() {
-                waiting.remove(id);
-            }
+        let Some(w) = waiting.get_mut(id) else {
+            return false;
+        };
+        let in_doubt = w.in_doubt;
+        w.senders.retain(|tx| !tx.is_closed());
+        if w.senders.is_empty() {
+            waiting.remove(id);
+        }
+        in_doubt
+    }
+
+    /// Marks every message awaited in `room` as in doubt: its queue was deleted, so a message
+    /// not stored yet may be gone.
+    pub fn doubt_room(&self, room: &RoomName) {
+        for w in self.waiting().values_mut().filter(|w| w.room == *room) {
+            w.in_doubt = true;
         }
     }
 
