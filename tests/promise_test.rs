@@ -39,6 +39,7 @@ on_both_backends!(
     leaving_removal_and_deletion_end_the_alias_live_sockets,
     names_are_case_insensitive,
     every_error_comes_in_the_one_json_shape,
+    a_send_racing_the_room_deletion_is_stored_or_refused,
 );
 
 /// A registered alias and a client carrying its token.
@@ -346,6 +347,47 @@ async fn names_are_case_insensitive(backend: Backend) {
         ann.messages(&r.to_lowercase(), None).await.unwrap(),
         ["shouted"]
     );
+    t.cleanup().await;
+}
+
+async fn a_send_racing_the_room_deletion_is_stored_or_refused(backend: Backend) {
+    let _shared = SERVICES.read().await;
+    let t = TestServer::start_authenticated(backend).await;
+    let (ann, bob) = (member(&t, "ann").await, member(&t, "bob").await);
+    for round in 0..3 {
+        let r = room("racing-delete");
+        ann.client.create_room(r.as_str(), None).await.unwrap();
+        bob.client.add_member(r.as_str(), &bob.alias).await.unwrap();
+        let senders: Vec<_> = (0..40)
+            .map(|i| {
+                let (client, r) = (
+                    if i % 2 == 0 { &ann } else { &bob }.client.clone(),
+                    r.clone(),
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(i * 2)).await;
+                    client.post_message(r.as_str(), &format!("m{i}")).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        ann.client.delete_room(r.as_str()).await.unwrap();
+        for sender in senders {
+            match sender.await.unwrap() {
+                Ok(sent) => assert_eq!(sent.status, "stored", "round {round}: {sent:?}"),
+                Err(e) => {
+                    let (status, code) = refusal::<()>(Err(e));
+                    assert!(
+                        matches!(
+                            (status, code.as_str()),
+                            (404, "room_not_found") | (403, "not_a_member") | (503, "unavailable")
+                        ),
+                        "round {round}: {status} {code}"
+                    );
+                }
+            }
+        }
+    }
     t.cleanup().await;
 }
 
