@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 services=$(scripts/services.sh start)
 eval "$services"
-echo "test.sh: RabbitMQ at $MESS_CHAT_AMQP_URL, MongoDB-protocol server at $MESS_CHAT_MONGO_URL" >&2
+# Hosts only: no credentials in the output.
+host() { local rest="${1#*://}"; rest="${rest%%/*}"; echo "${rest##*@}"; }
+echo "test.sh: RabbitMQ at $(host "$MESS_CHAT_AMQP_URL"), MongoDB-protocol server at $(host "$MESS_CHAT_MONGO_URL")" >&2
 # schemathesis (the API fuzzer of tests/fuzz_test.rs) lives in the services' virtualenv.
 venv="${MESS_CHAT_SERVICES_DIR:-$HOME/.cache/mess-chat-services}/venv"
 if [ ! -x "$venv/bin/schemathesis" ]; then
@@ -29,4 +31,20 @@ fi
 if [ ! -d tests/web/node_modules ] || [ tests/web/package-lock.json -nt tests/web/node_modules ]; then
     npm ci --prefix tests/web --no-audit --no-fund >&2
 fi
-cargo test --locked --no-fail-fast "$@"
+# Every test removes the queues and exchanges it declared: the broker must hold no more after the
+# suite than before it (the cluster events exchange, mess-chat.events, is the deployment's own).
+broker_names() {
+    { rabbitmqctl -q list_queues --no-table-headers name
+      rabbitmqctl -q list_exchanges --no-table-headers name; } 2>/dev/null \
+        | { grep -v -e '^amq\.' -e '^mess-chat\.events$' -e '^$' || true; } | sort
+}
+before="$(broker_names)"
+status=0
+cargo test --locked --no-fail-fast "$@" || status=$?
+left="$(comm -13 <(echo "$before") <(broker_names))"
+if [ -n "$left" ]; then
+    echo "test.sh: the suite left $(echo "$left" | wc -l) queues or exchanges on RabbitMQ:" >&2
+    echo "$left" | head -20 >&2
+    [ "$status" -ne 0 ] || status=1
+fi
+exit "$status"

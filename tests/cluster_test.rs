@@ -572,8 +572,12 @@ async fn killing_the_numbering_instance_under_load_loses_and_renumbers_nothing()
     verify_store(&store, &acked).await;
     verify_api(&second.base, &store, &acked).await;
     verify_api(&third.base, &store, &acked).await;
-    drop((second, third));
-    let env = Env::new(Backend::Real);
+    // Gone before the cleanup: a live consumer would declare a deleted room queue again.
+    for mut survivor in [second, third] {
+        survivor.child.kill().await.unwrap();
+    }
+    let mut env = Env::new(Backend::Real);
+    env.mongo_db = db.clone();
     let names: Vec<_> = rooms.iter().map(|r| (r.clone(), true)).collect();
     env.cleanup(&names, &senders).await;
     store.drop_database().await.unwrap();

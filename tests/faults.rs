@@ -61,7 +61,11 @@ async fn crash_under_load(backend: Backend) {
                 .unwrap();
             verify_store(&store, &acked).await;
             verify_api(&restarted.base, &store, &acked).await;
-            let env = common::Env::new(Backend::Real);
+            // Gone before the cleanup: a live consumer would declare a deleted room queue again.
+            let mut restarted = restarted;
+            restarted.child.kill().await.unwrap();
+            let mut env = common::Env::new(Backend::Real);
+            env.mongo_db = db.clone();
             let names: Vec<_> = rooms.iter().map(|r| (r.clone(), true)).collect();
             env.cleanup(&names, &senders).await;
             store.drop_database().await.unwrap();
@@ -281,7 +285,8 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
         let stored = store.latest_messages(&room, 100_000).await.unwrap();
         check_history(&room, &stored, &texts);
     }
-    let env = common::Env::new(Backend::Real);
+    let mut env = common::Env::new(Backend::Real);
+    env.mongo_db = db.clone();
     let names: Vec<_> = rooms.iter().map(|r| (r.clone(), true)).collect();
     env.cleanup(&names, &senders).await;
     store.drop_database().await.unwrap();

@@ -96,6 +96,25 @@ impl MongoStore {
         })
     }
 
+    /// Every alias the memberships index has seen, whether or not it is in a room now: what an
+    /// operator (or a test cleaning up) needs to find every inbox queue the database's rooms
+    /// made.
+    pub async fn known_aliases(&self) -> Result<Vec<Alias>, StoreError> {
+        use futures_util::TryStreamExt;
+        let docs: Vec<Document> = self
+            .memberships()
+            .find(doc! {})
+            .await?
+            .try_collect()
+            .await?;
+        let mut aliases: Vec<Alias> = docs
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().and_then(|a| Alias::new(a).ok()))
+            .collect();
+        aliases.sort();
+        Ok(aliases)
+    }
+
     /// Drops the whole database (used by tests to leave nothing behind).
     pub async fn drop_database(&self) -> Result<(), StoreError> {
         Ok(self.db.drop().await?)

@@ -134,12 +134,33 @@ impl Env {
             .expect("MongoDB URL parses")
     }
 
-    /// Removes what the test left on the shared servers: its queues and exchanges, its database.
+    /// Removes what the test left on the shared servers: its queues and exchanges (`rooms` and
+    /// `aliases`, and on the real back end every room of the test database's room list and every
+    /// alias its memberships index saw), and its database. Stop the test's services first: a
+    /// running consumer declares a deleted room queue again.
     pub async fn cleanup(&self, rooms: &[(RoomName, bool)], aliases: &[Alias]) {
-        for (room, group_room) in rooms {
+        let mut rooms = rooms.to_vec();
+        let mut aliases = aliases.to_vec();
+        if self.backend == Backend::Real {
+            let store = self.mongo().await;
+            aliases.extend(store.known_aliases().await.expect("read the memberships"));
+            let listed = store
+                .load_room_list("main")
+                .await
+                .expect("read the room list");
+            for name in listed.map(|l| l.rooms).unwrap_or_default() {
+                let meta = store.load_room(&name).await.expect("read a room");
+                rooms.push((name, meta.is_none_or(|m| m.group_room)));
+            }
+        }
+        rooms.sort();
+        rooms.dedup();
+        aliases.sort();
+        aliases.dedup();
+        for (room, group_room) in &rooms {
             let _ = self.broker.delete_room(room, *group_room).await;
         }
-        for alias in aliases {
+        for alias in &aliases {
             let _ = self.broker.delete_inbox(alias).await;
         }
         if self.backend == Backend::Real {
