@@ -38,6 +38,10 @@ pub struct FileConfig {
     pub cache_capacity: Option<usize>,
     /// `--store-wait-ms`.
     pub store_wait_ms: Option<u64>,
+    /// `--default-room`.
+    pub default_room: Option<String>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
     /// `--log-format` (`text` or `json`).
     pub log_format: Option<String>,
 }

@@ -13,7 +13,8 @@ use clap::{
 };
 use mess_chat::client::{Client, SendParams};
 use mess_chat::config::{FileConfig, redacted};
-use mess_chat::server::{Config, Server};
+use mess_chat::model::RoomName;
+use mess_chat::server::{Config, HttpLimits, Server};
 use mess_chat::service::ServiceConfig;
 
 /// A message-based chat over RabbitMQ and MongoDB (or embedded back ends).
@@ -82,6 +83,12 @@ struct ServeArgs {
     /// durable broker; the embedded one answers 503 instead).
     #[arg(long, env = "MESS_CHAT_STORE_WAIT_MS", default_value_t = 3000)]
     store_wait_ms: u64,
+    /// The room of the seed's `/send/` and `/messages/` when they name none.
+    #[arg(long, env = "MESS_CHAT_DEFAULT_ROOM", default_value = mess_chat::service::DEFAULT_ROOM)]
+    default_room: String,
+    /// Most HTTP connections open at once (live sockets included); one more is answered 503.
+    #[arg(long, env = "MESS_CHAT_MAX_CONNECTIONS", default_value_t = HttpLimits::default().max_connections)]
+    max_connections: usize,
     /// Log format: text or json.
     #[arg(long, env = "MESS_CHAT_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -126,9 +133,13 @@ struct SendArgs {
     /// The other alias of a private room.
     #[arg(long = "to")]
     to_alias: Option<String>,
-    /// Send to (or create) a group room; without it a new room is private.
-    #[arg(long)]
+    /// Send to (or create) a group room. Without it, a new room with `--to` is private, one
+    /// without `--to` a group room.
+    #[arg(long, conflicts_with = "private")]
     group: bool,
+    /// Send to (or create) a private room of you and `--to`.
+    #[arg(long, requires = "to_alias")]
+    private: bool,
     /// Makes a retry of this command safe: the same room, sender and key are stored once.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -206,6 +217,12 @@ impl ServeArgs {
         if let (Some(v), true) = (file.store_wait_ms, unset("store_wait_ms")) {
             self.store_wait_ms = v;
         }
+        if let (Some(v), true) = (file.default_room, unset("default_room")) {
+            self.default_room = v;
+        }
+        if let (Some(v), true) = (file.max_connections, unset("max_connections")) {
+            self.max_connections = v;
+        }
         if let (Some(v), true) = (file.log_format, unset("log_format")) {
             self.log_format = LogFormat::from_str(&v, true)
                 .map_err(|e| anyhow::anyhow!("log_format in the config file: {e}"))?;
@@ -251,12 +268,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Send(args) => {
             let client = args.server.client();
+            let group_room = match (args.group, args.private, &args.to_alias) {
+                (true, _, _) => Some(true),
+                (_, true, _) | (_, _, Some(_)) => Some(false),
+                _ => None,
+            };
             let params = SendParams {
                 room_name: args.room,
                 message: args.message,
                 from_alias: args.from_alias,
                 to_alias: args.to_alias,
-                group_room: args.group.then_some(true),
+                group_room,
                 idempotency_key: args.idempotency_key,
             };
             let sent = client.send(&params).await?;
@@ -340,8 +362,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cache_capacity: args.cache_capacity,
             store_wait: Duration::from_millis(args.store_wait_ms),
             require_auth: !args.no_auth,
+            default_room: RoomName::new(args.default_room)
+                .context("--default-room / MESS_CHAT_DEFAULT_ROOM")?,
         },
-        http: mess_chat::server::HttpLimits::default(),
+        http: HttpLimits {
+            max_connections: args.max_connections.max(1),
+            ..HttpLimits::default()
+        },
     };
     let broker = match &config.amqp_url {
         Some(url) => redacted(url),

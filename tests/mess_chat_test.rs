@@ -269,16 +269,6 @@ async fn bad_inputs_get_a_4xx_with_a_json_error(backend: Backend) {
     let fresh = unique("fresh");
     let cases: Vec<(String, u16, &str)> = vec![
         (
-            format!("/send/?message=hi&from_alias={ann}"),
-            400,
-            "bad_request",
-        ),
-        (
-            format!("/send/?room_name=&message=hi&from_alias={ann}"),
-            400,
-            "bad_request",
-        ),
-        (
             format!("/send/?room_name=amq.gen&message=hi&from_alias={ann}&group_room=true"),
             400,
             "invalid_name",
@@ -329,11 +319,6 @@ async fn bad_inputs_get_a_4xx_with_a_json_error(backend: Backend) {
             "bad_request",
         ),
         (
-            format!("/send/?room_name={r}&message=&from_alias={ann}&group_room=true"),
-            400,
-            "bad_request",
-        ),
-        (
             format!("/send/?room_name={r}&message={big}&from_alias={ann}&group_room=true"),
             413,
             "message_too_large",
@@ -349,20 +334,11 @@ async fn bad_inputs_get_a_4xx_with_a_json_error(backend: Backend) {
             "bad_request",
         ),
         (
-            format!("/send/?room_name={fresh}&message=hi&from_alias={ann}"),
+            format!(
+                "/send/?room_name={fresh}&message=hi&from_alias={bob}&to_alias={bob}&group_room=false"
+            ),
             400,
             "bad_request",
-        ),
-        (
-            format!("/send/?room_name={fresh}&message=hi&from_alias={bob}&to_alias={bob}"),
-            400,
-            "bad_request",
-        ),
-        ("/messages/".to_string(), 400, "bad_request"),
-        (
-            format!("/messages/?room_name={}", unique("nosuch")),
-            404,
-            "room_not_found",
         ),
         (
             format!("/messages/?room_name={r}&limit=abc"),
@@ -400,16 +376,24 @@ async fn bad_inputs_get_a_4xx_with_a_json_error(backend: Backend) {
                 .is_some_and(|m| !m.is_empty())
         );
     }
-    let post = http.post(t.url("/send/")).send().await.unwrap();
-    assert_eq!(post.status().as_u16(), 405);
-    let body: Value = post.json().await.unwrap();
+    let put = http.put(t.url("/send/")).send().await.unwrap();
+    assert_eq!(put.status().as_u16(), 405);
+    let body: Value = put.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed");
     // Nothing of the refused sends got in; the fresh room was not created.
     assert_eq!(
         t.client.messages(r.as_str(), None).await.unwrap(),
         ["exists"]
     );
-    assert_eq!(refusal(t.client.messages(&fresh, None).await).0, 404);
+    assert!(t.client.messages(&fresh, None).await.unwrap().is_empty());
+    assert!(
+        t.server()
+            .service()
+            .room(&RoomName::new(fresh.clone()).unwrap())
+            .await
+            .is_err(),
+        "the fresh room was not created"
+    );
     t.cleanup().await;
 }
 

@@ -33,8 +33,8 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
 /// The whole HTTP application.
 pub fn app(service: ChatService) -> Router {
     Router::new()
-        .route("/send", get(seed::send))
-        .route("/send/", get(seed::send))
+        .route("/send", get(seed::send).post(seed::send_post))
+        .route("/send/", get(seed::send).post(seed::send_post))
         .route("/messages", get(seed::messages))
         .route("/messages/", get(seed::messages))
         .route("/healthz", get(health::healthz))

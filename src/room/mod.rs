@@ -51,9 +51,6 @@ pub enum RoomError {
     /// The room is no longer in the store (deleted meanwhile).
     #[error("room {0} does not exist")]
     Gone(RoomName),
-    /// A message must have some text.
-    #[error("message must not be empty")]
-    EmptyMessage,
     /// A message over [`MAX_MESSAGE_BYTES`].
     #[error("message is {0} bytes long; the limit is {MAX_MESSAGE_BYTES} bytes")]
     MessageTooLarge(usize),
@@ -474,9 +471,6 @@ impl ChatRoom {
         message: String,
         mess_props: MessageProperties,
     ) -> Result<ChatMessage, RoomError> {
-        if message.is_empty() {
-            return Err(RoomError::EmptyMessage);
-        }
         if message.len() > MAX_MESSAGE_BYTES {
             return Err(RoomError::MessageTooLarge(message.len()));
         }

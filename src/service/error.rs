@@ -127,7 +127,6 @@ impl From<RoomError> for ChatError {
         match e {
             RoomError::NotAMember { room, alias } => ChatError::NotAMember { room, alias },
             RoomError::Gone(room) => ChatError::RoomNotFound(room),
-            RoomError::EmptyMessage => ChatError::BadRequest(e.to_string()),
             RoomError::MessageTooLarge(n) => ChatError::MessageTooLarge(n),
             RoomError::NotAGroupRoom(_) | RoomError::OwnerCannotLeave(_) => {
                 ChatError::Conflict(e.to_string())

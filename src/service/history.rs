@@ -5,6 +5,24 @@ use crate::model::{Alias, ChatMessage, RoomName};
 use crate::room::ChatRoom;
 
 impl ChatService {
+    /// The seed's `get_messages`: the room's newest `limit` messages, oldest first, or without a
+    /// limit everything its cache holds.
+    pub async fn recent(
+        &self,
+        actor: Option<&Alias>,
+        name: &RoomName,
+        limit: Option<usize>,
+    ) -> Result<Vec<ChatMessage>, ChatError> {
+        match limit {
+            Some(limit) => self.history(actor, name, limit).await,
+            None => {
+                let room = self.room(name).await?;
+                self.may_read(actor, &room).await?;
+                Ok(room.cached())
+            }
+        }
+    }
+
     /// The room's newest `limit` messages, oldest first (the newest page of [`Self::page`]).
     pub async fn history(
         &self,

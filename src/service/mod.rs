@@ -47,6 +47,8 @@ use crate::store::Store;
 pub const ROOM_LIST_NAME: &str = "main";
 /// Most messages one history request may ask for.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// The default of [`ServiceConfig::default_room`].
+pub const DEFAULT_ROOM: &str = "general";
 /// How long start-up waits for the first subscription to cluster events (and the catch-up after
 /// it) before serving anyway; sends made meanwhile may answer 202 instead of "stored".
 const EVENTS_READY_WAIT: Duration = Duration::from_secs(10);
@@ -61,6 +63,8 @@ pub struct ServiceConfig {
     pub store_wait: Duration,
     /// Whether callers must present a bearer token (`serve`'s default; off with `--no-auth`).
     pub require_auth: bool,
+    /// The room of the seed's `/send/` and `/messages/` when they name none.
+    pub default_room: RoomName,
 }
 
 impl Default for ServiceConfig {
@@ -69,6 +73,7 @@ impl Default for ServiceConfig {
             cache_capacity: 1000,
             store_wait: Duration::from_secs(3),
             require_auth: false,
+            default_room: RoomName::new(DEFAULT_ROOM).expect("a valid room name"),
         }
     }
 }
@@ -224,6 +229,11 @@ impl ChatService {
     /// Whether callers must present a bearer token.
     pub fn require_auth(&self) -> bool {
         self.inner.config.require_auth
+    }
+
+    /// The room of the seed's endpoints when they name none.
+    pub fn default_room(&self) -> &RoomName {
+        &self.inner.config.default_room
     }
 
     /// This instance's id in the cluster.

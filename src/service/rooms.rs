@@ -23,7 +23,8 @@ impl ChatService {
         &self,
         request: &SendRequest,
     ) -> Result<ChatRoom, ChatError> {
-        let group_room = request.group_room.unwrap_or(false);
+        // A new room is a group room unless a private one is asked for (`group_room=false`).
+        let group_room = request.group_room.unwrap_or(true);
         let other = if group_room {
             None
         } else {

@@ -38,7 +38,9 @@ impl ChatService {
         actor: Option<&Alias>,
         request: SendRequest,
     ) -> Result<SendOutcome, ChatError> {
-        if request.message.is_empty() {
+        // The seed's clients send empty messages (the course's test plan does); the REST API
+        // refuses them.
+        if request.message.is_empty() && request.mode == SendMode::MemberOnly {
             return Err(ChatError::BadRequest("message must not be empty".into()));
         }
         if request.message.len() > MAX_MESSAGE_BYTES {
