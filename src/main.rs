@@ -379,12 +379,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => format!("embedded ({})", config.data_dir.display()),
     };
     tracing::info!(%broker, %store, "starting");
+    raise_open_files_limit();
     let server = Server::start(&config).await.context("cannot start")?;
     println!("mess-chat listening on http://{}", server.addr());
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop().await.context("shutdown")?;
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one (every connection, live socket and broker
+/// channel needs descriptors), and logs both.
+fn raise_open_files_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            let hard = before.map_or(soft, |(_, hard)| hard);
+            let was = before.map_or(soft, |(soft, _)| soft);
+            tracing::info!(soft, hard, was, "open files limit");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,8 +1,11 @@
 //! Following a room: its stored messages after a sequence number, then each new one as it is
 //! stored, once each and in order, on any instance. The feed subscribes to the room's updates
 //! first, then backfills from history, then forwards updates, skipping what it already gave; a
-//! gap in the updates, or falling behind them (`Lagged`), is filled from history before going on.
-//! A follower removed from the room (or the room deleted) hears so and stops.
+//! gap in the updates is filled from history before going on. A follower removed from the room
+//! (or the room deleted) hears so and stops. A follower that falls more than the room's live
+//! buffer behind (it reads slower than the room talks) is stopped too, and told to follow again
+//! from where it was: catching it up from history every time would let one slow reader load the
+//! store for everyone.
 
 use std::collections::VecDeque;
 
@@ -35,6 +38,9 @@ pub enum FollowEnd {
     RoomDeleted,
     /// The follower is no longer a member of the room.
     Removed,
+    /// The follower fell too far behind the room; follow again with `after` = the last sequence
+    /// number seen.
+    TooSlow,
     /// Reading history failed; follow again with `after` = the last sequence number seen.
     Failed(String),
 }
@@ -113,8 +119,8 @@ impl Follow {
                     return Err(FollowEnd::RoomDeleted);
                 }
                 Err(RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, "live feed lagged; catching up from history");
-                    self.behind = true;
+                    tracing::debug!(missed, "live follower fell behind");
+                    return Err(FollowEnd::TooSlow);
                 }
             }
         }

@@ -17,8 +17,12 @@
 //!   A client that reconnects with `after=<last seq it saw>` gets what it missed, then live ones.
 //! - **Client → server**: nothing is expected; pings are answered, other frames are ignored.
 //! - **Close codes from the server**: 1000 "room deleted" (do not reconnect), 4403 "no longer a
-//!   member" (removed from the room, or left it, on any instance: do not reconnect), 1001 "server
-//!   shutting down" and 1011 (a back end failed): reconnect with `after`.
+//!   member" (removed from the room, or left it, on any instance: do not reconnect), 4408 "fell
+//!   behind" (the client read slower than the room talks, or stopped reading for 10 s: reconnect
+//!   with the `after` the reason names), 1001 "server shutting down" and 1011 (a back end failed):
+//!   reconnect with `after`.
+//! - **Keep-alive**: the server pings every 20 s; a client that answers nothing for 40 s is
+//!   dropped.
 //!
 //! The feed itself (backfill, then live messages, with no gap or duplicate) is the service's
 //! [`Follow`]; this handler only moves its messages onto the socket.
@@ -30,9 +34,8 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -44,6 +47,15 @@ use crate::service::{Follow, FollowEnd};
 
 /// Close code telling a follower it is no longer a member of the room.
 pub const CLOSE_NOT_A_MEMBER: u16 = 4403;
+/// Close code telling a follower it read too slowly: reconnect with `after`.
+pub const CLOSE_TOO_SLOW: u16 = 4408;
+/// How often the server pings an open socket; a client silent for two of these is gone.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// Longest a frame may take to write: a client that reads no more is cut off.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Buffer sizes of a socket: chat frames are small, so an idle socket costs a few KiB.
+const READ_BUFFER: usize = 4 * 1024;
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
 /// Largest frame a client may send (it has nothing to say; this bounds what it can make us read).
 const MAX_INCOMING_BYTES: usize = 4 * 1024;
@@ -96,57 +108,79 @@ pub async fn rooms_live(
     let span = tracing::info_span!("live", %room, after = follow.last_sent());
     let shutdown = state.service.shutdown_signal();
     Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_frame_size(MAX_INCOMING_BYTES)
         .max_message_size(MAX_INCOMING_BYTES)
         .on_upgrade(move |socket| serve(socket, follow, shutdown).instrument(span)))
 }
 
-/// Runs one socket: a send task pushing the feed and a receive task reading the client's frames
-/// (which is also what answers its pings); whichever ends first ends the other.
-async fn serve(socket: WebSocket, mut follow: Follow, shutdown: CancellationToken) {
+/// Runs one socket in one loop: the feed's next message is written (within [`SEND_TIMEOUT`]: a
+/// reader that stops reading is cut off), the client's frames are read (a `Close` ends it; its
+/// pings are answered by the WebSocket layer), and every [`PING_EVERY`] the server pings; a
+/// client silent for two pings in a row is gone.
+async fn serve(mut socket: WebSocket, mut follow: Follow, shutdown: CancellationToken) {
     tracing::debug!("live socket open");
-    let (mut sink, mut stream) = socket.split();
-    let mut send_task = tokio::spawn(
-        async move {
-            let ending = tokio::select! {
-                ending = forward(&mut follow, &mut sink) => ending,
-                () = shutdown.cancelled() => Ending::Shutdown,
-            };
-            tracing::debug!(
-                ?ending,
-                last_sent = follow.last_sent(),
-                "live socket closing"
-            );
-            // Let go of the room before anything else can wait: the service may be stopping.
-            drop(follow);
-            if let Some(frame) = ending.close_frame() {
-                let closing = sink.send(Message::Close(Some(frame)));
-                let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut heard = Instant::now();
+    let ending = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ending::Shutdown,
+            next = follow.next() => {
+                let message = match next {
+                    Ok(message) => message,
+                    Err(end) => break Ending::Feed(end),
+                };
+                let Ok(text) = serde_json::to_string(&message) else {
+                    break Ending::Feed(FollowEnd::Failed("cannot encode a message".into()));
+                };
+                match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::text(text))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Ending::ClientGone,
+                    Err(_) => break Ending::Feed(FollowEnd::TooSlow),
+                }
+            }
+            frame = socket.recv() => match frame {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break Ending::ClientGone,
+                Some(Ok(_)) => heard = Instant::now(),
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() > 2 * PING_EVERY {
+                    break Ending::PeerSilent;
+                }
+                let pinged = socket.send(Message::Ping(Default::default()));
+                if !matches!(tokio::time::timeout(SEND_TIMEOUT, pinged).await, Ok(Ok(()))) {
+                    break Ending::PeerSilent;
+                }
             }
         }
-        .in_current_span(),
+    };
+    tracing::debug!(
+        ?ending,
+        last_sent = follow.last_sent(),
+        "live socket closing"
     );
-    let mut recv_task = tokio::spawn(async move {
-        while let Some(Ok(message)) = stream.next().await {
-            if let Message::Close(_) = message {
-                break;
-            }
+    let resume_after = follow.last_sent();
+    // Let go of the room before anything else can wait: the service may be stopping.
+    drop(follow);
+    if let Some(frame) = ending.close_frame(resume_after) {
+        let closing = socket.send(Message::Close(Some(frame)));
+        if matches!(tokio::time::timeout(CLOSE_WAIT, closing).await, Ok(Ok(()))) {
+            // Let the client answer the close frame, briefly.
+            let answered = async { while let Some(Ok(_)) = socket.recv().await {} };
+            let _ = tokio::time::timeout(CLOSE_WAIT, answered).await;
         }
-    });
-    tokio::select! {
-        _ = &mut send_task => {
-            // Let the client answer our close frame, briefly.
-            let _ = tokio::time::timeout(CLOSE_WAIT, &mut recv_task).await;
-            recv_task.abort();
-        }
-        _ = &mut recv_task => send_task.abort(),
     }
 }
 
 /// Why a socket stopped.
 #[derive(Debug)]
 enum Ending {
-    /// The client went away (a send failed).
+    /// The client went away (closed, or a write failed).
     ClientGone,
+    /// The client answered no ping for two rounds: the connection is dead.
+    PeerSilent,
     /// The service is shutting down.
     Shutdown,
     /// The feed ended.
@@ -154,13 +188,18 @@ enum Ending {
 }
 
 impl Ending {
-    fn close_frame(&self) -> Option<CloseFrame> {
+    /// The close frame to send, if any; `resume_after` is the last sequence number sent.
+    fn close_frame(&self, resume_after: u64) -> Option<CloseFrame> {
         let (code, reason) = match self {
-            Ending::ClientGone => return None,
+            Ending::ClientGone | Ending::PeerSilent => return None,
             Ending::Feed(FollowEnd::RoomDeleted) => (close_code::NORMAL, "room deleted".into()),
             Ending::Feed(FollowEnd::Removed) => {
                 (CLOSE_NOT_A_MEMBER, "no longer a member of the room".into())
             }
+            Ending::Feed(FollowEnd::TooSlow) => (
+                CLOSE_TOO_SLOW,
+                format!("fell behind; reconnect with after={resume_after}"),
+            ),
             Ending::Shutdown => (close_code::AWAY, "server shutting down".to_string()),
             Ending::Feed(FollowEnd::Failed(why)) => {
                 // A close reason is at most 123 bytes.
@@ -175,21 +214,5 @@ impl Ending {
             code,
             reason: reason.into(),
         })
-    }
-}
-
-/// Moves the feed's messages onto the socket until one of them ends.
-async fn forward(follow: &mut Follow, sink: &mut SplitSink<WebSocket, Message>) -> Ending {
-    loop {
-        let message = match follow.next().await {
-            Ok(message) => message,
-            Err(end) => return Ending::Feed(end),
-        };
-        let Ok(text) = serde_json::to_string(&message) else {
-            return Ending::Feed(FollowEnd::Failed("cannot encode a message".into()));
-        };
-        if sink.send(Message::text(text)).await.is_err() {
-            return Ending::ClientGone;
-        }
     }
 }
