@@ -6,6 +6,8 @@
 //! - [`backend`]: one back end's run: the phases and the rows they give.
 //! - [`instances`]: the real back ends under three instances of the service: throughput through
 //!   one and through three, and send→stored latency local and cross-instance.
+//! - [`fanout`]: one busy room followed by 10, 100 and 1,000 live sockets: memory per socket,
+//!   deliveries and send→delivered latency.
 //! - [`baseline`]: the raw broker and store rates (the RabbitMQ and MongoDB loops themselves live
 //!   in `broker::rmq::baseline` and `store::mongo::baseline`).
 //! - [`load`]: the HTTP load: closed loop, open loop, history reads, room creation.
@@ -20,6 +22,7 @@
 pub mod backend;
 pub mod baseline;
 pub mod ends;
+pub mod fanout;
 pub mod instances;
 pub mod load;
 pub mod plan;
@@ -134,8 +137,9 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let mut failure = None;
     if let [only] = backends[..] {
         report.backends.push(backend::run(only, &plan).await?);
-        if only == Backend::Real {
-            report.backends.push(instances::run(&plan).await?);
+        match only {
+            Backend::Real => report.backends.push(instances::run(&plan).await?),
+            Backend::Embedded => report.backends.push(fanout::run(&plan).await?),
         }
     } else {
         // Ctrl-C reaches the children too; each cleans up and ends, then this process reports.

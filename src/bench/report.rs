@@ -55,6 +55,8 @@ pub enum Unit {
     Millis,
     /// Mebibytes.
     Mib,
+    /// Kibibytes.
+    Kib,
 }
 
 /// Which number a target constrains.

@@ -18,6 +18,12 @@ pub fn read() -> Option<Resident> {
     parse_status(&status)
 }
 
+/// Reads another process's resident memory (a service the bench started).
+pub fn read_pid(pid: u32) -> Option<Resident> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status(&status)
+}
+
 /// Picks `VmRSS` and `VmHWM` out of the text of a `/proc/<pid>/status` file.
 pub fn parse_status(status: &str) -> Option<Resident> {
     let kib = |key: &str| {

@@ -13,6 +13,7 @@ pub fn describe_target(target: &Target, unit: Unit) -> String {
             Unit::PerSecond => format!("{bound} {}/s", thousands(target.limit.round() as u64)),
             Unit::Millis => format!("{bound} {} ms", trim_float(target.limit)),
             Unit::Mib => format!("{bound} {} MiB", trim_float(target.limit)),
+            Unit::Kib => format!("{bound} {} KiB", trim_float(target.limit)),
         },
     }
 }
@@ -48,6 +49,7 @@ pub fn format_value(value: Option<f64>, unit: Unit) -> String {
         Unit::Millis if v < 100.0 => format!("{v:.1} ms"),
         Unit::Millis => format!("{} ms", thousands(v.round() as u64)),
         Unit::Mib => format!("{v:.1} MiB"),
+        Unit::Kib => format!("{v:.1} KiB"),
     }
 }
 
