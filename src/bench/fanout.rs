@@ -141,10 +141,10 @@ pub async fn run(plan: &Plan) -> Result<BackendReport, BenchError> {
         broker: "in-process (MemoryBroker)".into(),
         store: "redb file in a temporary directory (removed after)".into(),
         load: format!(
-            "a `mess-chat serve` child process (its RSS alone is measured); one group room \
-             taking about {DELIVERIES} deliveries/s (at most {MAX_RATE} messages/s of 64 bytes \
-             from 4 senders), every socket following it; the sockets (tokio-tungstenite) run in \
-             the bench's process"
+            "a `mess-chat serve` child process (its RSS alone is measured); one group room of M \
+             members, each following it on a socket of its own, taking about {DELIVERIES} \
+             deliveries/s (at most {MAX_RATE} messages/s of 64 bytes \
+             from 4 senders); the sockets (tokio-tungstenite) run in the bench's process"
         ),
         rows: rows(measured),
         problems,
@@ -167,12 +167,34 @@ async fn measure(
     let owner = service.client.clone().with_token(Some(token.clone()));
     let room = format!("{alias}-room");
     owner.create_room(&room, None).await.map_err(setup)?;
-    let url = format!(
-        "{}/api/v1/rooms/{room}/live?token={token}",
-        service.base.replacen("http", "ws", 1)
-    );
-    let request = url
-        .clone()
+    // Every socket is a member of its own, as in a real group room.
+    let phase = progress.counted(format!("register {sockets} members"), sockets as u64);
+    let mut joining = futures_util::stream::iter(0..sockets)
+        .map(|i| {
+            let (client, room, alias) = (service.client.clone(), room.clone(), alias.clone());
+            async move {
+                let member = format!("{alias}-m{i}");
+                let token = client.register(&member).await?.token;
+                let client = client.with_token(Some(token.clone()));
+                client.add_member(&room, &member).await?;
+                Ok::<_, crate::client::ClientError>(token)
+            }
+        })
+        .buffer_unordered(OPENING);
+    let mut tokens = Vec::with_capacity(sockets);
+    while let Some(joined) = joining.next().await {
+        tokens.push(joined.map_err(setup)?);
+        phase.inc(1);
+    }
+    drop(joining);
+    phase.finish("done");
+    let live_url = |token: &str| {
+        format!(
+            "{}/api/v1/rooms/{room}/live?token={token}",
+            service.base.replacen("http", "ws", 1)
+        )
+    };
+    let request = live_url(&token)
         .into_client_request()
         .map_err(|e| setup_text(e.to_string()))?;
     let (first, _) = tokio_tungstenite::connect_async(request)
@@ -183,16 +205,13 @@ async fn measure(
 
     let phase = progress.counted(format!("open {sockets} live sockets"), sockets as u64);
     let mut opened = Vec::with_capacity(sockets);
-    let mut opening = futures_util::stream::iter(0..sockets)
-        .map(|_| {
-            let url = url.clone();
-            async move {
-                let request = url.into_client_request().map_err(|e| e.to_string())?;
-                tokio_tungstenite::connect_async(request)
-                    .await
-                    .map(|(socket, _)| socket)
-                    .map_err(|e| e.to_string())
-            }
+    let mut opening = futures_util::stream::iter(tokens.iter().map(|t| live_url(t)))
+        .map(|url| async move {
+            let request = url.into_client_request().map_err(|e| e.to_string())?;
+            tokio_tungstenite::connect_async(request)
+                .await
+                .map(|(socket, _)| socket)
+                .map_err(|e| e.to_string())
         })
         .buffer_unordered(OPENING);
     while let Some(socket) = opening.next().await {
