@@ -16,6 +16,9 @@ use mess_chat::config::{FileConfig, redacted};
 use mess_chat::model::RoomName;
 use mess_chat::server::{Config, HttpLimits, Server};
 use mess_chat::service::ServiceConfig;
+use mess_chat::store::embedded::EmbeddedStore;
+use mess_chat::store::mongo::MongoStore;
+use mess_chat::store::{Schema, Store};
 
 /// A message-based chat over RabbitMQ and MongoDB (or embedded back ends).
 #[derive(Parser)]
@@ -41,6 +44,22 @@ enum Command {
     Tail(TailArgs),
     /// Measure the broker, the store and the service on top of them (see `bench --help`).
     Bench(mess_chat::bench::BenchArgs),
+    /// Convert a store written by an earlier version (UUID message ids, named types) to this
+    /// version's layout. Run it while no instance serves.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// MongoDB URL; unset: the embedded store in --data-dir.
+    #[arg(long, env = "MESS_CHAT_MONGO_URL")]
+    mongo_url: Option<String>,
+    /// MongoDB database name.
+    #[arg(long, env = "MESS_CHAT_MONGO_DB", default_value = "mess_chat")]
+    mongo_db: String,
+    /// Directory of the embedded store.
+    #[arg(long, env = "MESS_CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -318,7 +337,27 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Tail(args) => tail(args).await,
         Command::Bench(args) => Ok(mess_chat::bench::run(args).await?),
+        Command::Migrate(args) => migrate(args).await,
     }
+}
+
+/// Converts an earlier version's store, if it is one.
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text);
+    let store: std::sync::Arc<dyn Store> = match &args.mongo_url {
+        Some(url) => std::sync::Arc::new(MongoStore::connect(url, &args.mongo_db).await?),
+        None => std::sync::Arc::new(EmbeddedStore::open(&args.data_dir)?),
+    };
+    match store.schema().await? {
+        Schema::Current | Schema::Empty => {
+            eprintln!("the store is already in this version's layout: nothing to do");
+        }
+        Schema::Legacy => {
+            let converted = store.migrate().await?;
+            eprintln!("converted {converted} messages to integer ids and types");
+        }
+    }
+    Ok(())
 }
 
 /// Prints each live message of a room as `[seq] from: text`; reconnects where it left off.

@@ -281,6 +281,17 @@ async fn a_send_through_any_instance_answers_stored_and_every_instance_serves_it
     );
     let stored = c.env.mongo().await.latest_messages(&r, 100).await.unwrap();
     assert_eq!(numbers(&stored), (1..=12).collect::<Vec<_>>());
+    // Ids are the seed's integers, made by each instance with a number of its own: one after
+    // another, they increase; every instance's differ.
+    let ids: Vec<u64> = stored.iter().map(|m| m.mess_props.id.0).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "time-ordered: {ids:?}");
+    assert!(
+        ids.iter().all(|id| *id < 1 << 53),
+        "JavaScript reads them exactly"
+    );
+    let makers: std::collections::BTreeSet<u16> =
+        stored.iter().map(|m| m.mess_props.id.instance()).collect();
+    assert_eq!(makers.len(), 3, "one instance number each: {makers:?}");
     for i in 0..3 {
         eventually("every instance serves the whole history", async || {
             history(ann.on(i), r.as_str()).await == stored
@@ -452,8 +463,16 @@ async fn a_room_deleted_on_one_instance_is_gone_on_every_other_at_once() {
         (404, "room_not_found".into())
     );
     assert_eq!(
-        status_of(ann.on(2).messages(r.as_str(), None).await),
+        status_of(ann.on(2).room(r.as_str()).await),
         (404, "room_not_found".into())
+    );
+    // The seed's history of a room nobody sends to (any more) is empty, as its clients expect.
+    assert!(
+        ann.on(2)
+            .messages(r.as_str(), None)
+            .await
+            .unwrap()
+            .is_empty()
     );
     assert_eq!(close_code(&mut live).await, 1000);
     // The name is free again, on any instance: a new room, numbered from 1.

@@ -220,7 +220,9 @@ async fn sends_during_a_store_outage_are_stored_once_it_returns() {
             let response = reqwest::get(send_url(&base, r, member.as_str(), &text))
                 .await
                 .unwrap();
-            assert_eq!(response.status().as_u16(), 202, "send during the outage");
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            assert_eq!(status, 202, "send during the outage: {body}");
             acked.push((r.clone(), text));
         }
         // Joining a room means saving its membership: refused while the store is away.

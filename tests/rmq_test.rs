@@ -18,10 +18,10 @@ use mess_chat::broker::rmq::RabbitBroker;
 use mess_chat::broker::{Broker, BrokerError};
 use mess_chat::client::SendParams;
 use mess_chat::model::{
-    Alias, ChatMessage, MessageProperties, RoomListMeta, RoomMeta, RoomName, UserRecord,
+    Alias, ChatMessage, MessageId, MessageProperties, RoomListMeta, RoomMeta, RoomName, UserRecord,
 };
 use mess_chat::service::{ChatService, SendMode, SendOutcome, SendRequest, ServiceConfig};
-use mess_chat::store::{Created, InsertStop, Inserted, MemberChange, Store, StoreError};
+use mess_chat::store::{Created, InsertStop, Inserted, MemberChange, Schema, Store, StoreError};
 use uuid::Uuid;
 
 /// A second, independent AMQP connection for looking at what the service declared.
@@ -332,7 +332,7 @@ impl Store for FlakyStore {
     async fn existing_messages(
         &self,
         room: &RoomName,
-        ids: &[Uuid],
+        ids: &[MessageId],
     ) -> Result<Vec<ChatMessage>, StoreError> {
         self.inner.existing_messages(room, ids).await
     }
@@ -386,7 +386,43 @@ impl Store for FlakyStore {
     async fn load_user(&self, alias: &Alias) -> Result<Option<UserRecord>, StoreError> {
         self.inner.load_user(alias).await
     }
+    async fn lease_instance(
+        &self,
+        holder: Uuid,
+        numbers: u16,
+        ttl: Duration,
+    ) -> Result<Option<u16>, StoreError> {
+        self.inner.lease_instance(holder, numbers, ttl).await
+    }
+    async fn renew_instance(
+        &self,
+        number: u16,
+        holder: Uuid,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_instance(number, holder, ttl).await
+    }
+    async fn release_instance(&self, number: u16, holder: Uuid) -> Result<(), StoreError> {
+        self.inner.release_instance(number, holder).await
+    }
+    async fn claim_idempotency_name(
+        &self,
+        name: &str,
+        id: MessageId,
+    ) -> Result<MessageId, StoreError> {
+        self.inner.claim_idempotency_name(name, id).await
+    }
+    async fn schema(&self) -> Result<Schema, StoreError> {
+        self.inner.schema().await
+    }
+    async fn migrate(&self) -> Result<u64, StoreError> {
+        self.inner.migrate().await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
+        // A store that cannot take writes is down, whatever its connection says.
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
         self.inner.ping().await
     }
 }
@@ -506,7 +542,7 @@ async fn redelivered_message_is_stored_once_with_its_first_number() {
     assert!(matches!(first, SendOutcome::Stored(_)));
 
     // The same message (same id) published twice, as a redelivery after a lost ack looks.
-    let props = MessageProperties::new_sent(r.clone(), ann.clone(), r.to_string());
+    let props = MessageProperties::new_sent(r.clone(), ann.clone(), r.to_string(), MessageId(7));
     let body = serde_json::to_vec(&ChatMessage::new("twice".into(), props)).unwrap();
     env.broker.publish(&r, body.clone()).await.unwrap();
     env.broker.publish(&r, body).await.unwrap();

@@ -1,7 +1,8 @@
 //! The seed's endpoints as the course's own client template and other students' clients call
 //! them: `POST /send/` (with or without the slash; parameters in the query, a form or JSON),
 //! the default room, `[]` for an unknown room, a group room unless a private one is asked for,
-//! empty messages, `messages_to_get`, and the usual spellings of a boolean.
+//! empty messages, `messages_to_get`, the usual spellings of a boolean, and the seed's integer
+//! `mess_type` and `id`.
 
 #[macro_use]
 mod common;
@@ -17,6 +18,7 @@ on_both_backends!(
     an_empty_message_is_a_message_on_the_seed_path_only,
     messages_to_get_returns_the_newest_n_in_order,
     group_room_takes_the_usual_spellings,
+    mess_type_and_id_are_the_seeds_integers_on_the_wire_and_in_the_store,
 );
 
 /// The answer's status and JSON body.
@@ -221,6 +223,43 @@ async fn group_room_takes_the_usual_spellings(backend: Backend) {
             200,
             "{spelling}"
         );
+    }
+    t.cleanup().await;
+}
+
+async fn mess_type_and_id_are_the_seeds_integers_on_the_wire_and_in_the_store(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let r = room("typed");
+    let ann = alias("ann");
+    let query = [
+        ("room_name", r.as_str()),
+        ("from_alias", ann.as_str()),
+        ("message", "typed"),
+    ];
+    let (status, body) = answer(reqwest::Client::new().get(t.url("/send/")).query(&query)).await;
+    assert_eq!(status, 200, "{body}");
+    let props = &body["message"]["mess_props"];
+    assert_eq!(
+        props["mess_type"],
+        json!(mess_chat::model::MESS_TYPE_RECEIVED.code())
+    );
+    let id = props["id"].as_u64().expect("id is an integer");
+    assert!(id < 1 << 53, "JavaScript reads {id} exactly");
+    if backend == Backend::Real {
+        // As the store holds it: `_id` the id, `mess_type` an integer.
+        let client = mongodb::Client::with_uri_str(common::mongo_url())
+            .await
+            .unwrap();
+        let stored = client
+            .database(&t.env.mongo_db)
+            .collection::<mongodb::bson::Document>(r.as_str())
+            .find_one(mongodb::bson::doc! { "_id": id as i64 })
+            .await
+            .unwrap()
+            .expect("stored under its id");
+        let props = stored.get_document("mess_props").unwrap();
+        assert_eq!(props.get_i32("mess_type"), Ok(2), "{stored}");
+        assert_eq!(stored.get_i64("_id"), Ok(id as i64));
     }
     t.cleanup().await;
 }

@@ -15,10 +15,11 @@ use chrono::{DateTime, Duration, Utc};
 use common::{Backend, Env};
 use futures_util::FutureExt;
 use mess_chat::model::{
-    Alias, ChatMessage, MessageProperties, MessageType, RoomListMeta, RoomMeta, RoomName,
-    UserRecord,
+    Alias, ChatMessage, MessageId, MessageProperties, MessageType, RoomListMeta, RoomMeta,
+    RoomName, UserRecord,
 };
-use mess_chat::store::{Created, InsertStop, Inserted, Store, StoreError};
+use mess_chat::store::{Created, InsertStop, Inserted, Schema, Store, StoreError};
+use uuid::Uuid;
 
 on_both_backends!(
     room_metadata_round_trips_exactly,
@@ -38,6 +39,9 @@ on_both_backends!(
     a_room_is_created_once,
     members_change_one_at_a_time_and_index_their_rooms,
     the_room_list_changes_one_name_at_a_time,
+    instance_numbers_are_leased_to_one_holder_at_a_time,
+    an_idempotency_name_keeps_its_first_id,
+    a_new_store_is_of_the_current_layout,
     unnumbered_messages_are_refused,
     search_matches_substrings_without_ascii_case_newest_first,
     users_register_once_and_load_back,
@@ -69,9 +73,17 @@ fn alias(name: &str) -> Alias {
     Alias::new(name).expect("valid alias")
 }
 
+/// A fresh message id, unique in this process, and large (near 2^53) so that every back end is
+/// shown to keep all of its bits.
+fn fresh_id() -> MessageId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    MessageId((1 << 52) + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 /// A message as the room's consumer stores it: received, numbered, not dirty.
 fn received(room: &RoomName, sequence: u64, text: &str) -> ChatMessage {
-    let mut props = MessageProperties::new_sent(room.clone(), alias("ann"), "bob".into());
+    let mut props =
+        MessageProperties::new_sent(room.clone(), alias("ann"), "bob".into(), fresh_id());
     props.mess_type = MessageType::Received;
     props.rec_time = Some(props.sent_time + Duration::milliseconds(7));
     props.sequence_number = Some(sequence);
@@ -670,6 +682,76 @@ async fn the_room_list_changes_one_name_at_a_time(backend: Backend) {
         let meta = store.load_room_list(&list).await.unwrap().unwrap();
         assert_eq!(meta.rooms, [b]);
         assert_eq!(meta.name, list);
+    })
+    .await
+}
+
+async fn instance_numbers_are_leased_to_one_holder_at_a_time(backend: Backend) {
+    with_store(backend, |store| async move {
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let long = std::time::Duration::from_secs(60);
+        assert_eq!(store.lease_instance(a, 2, long).await.unwrap(), Some(0));
+        assert_eq!(store.lease_instance(b, 2, long).await.unwrap(), Some(1));
+        assert_eq!(
+            store.lease_instance(c, 2, long).await.unwrap(),
+            None,
+            "all held"
+        );
+        assert_eq!(
+            store.lease_instance(a, 2, long).await.unwrap(),
+            Some(0),
+            "a holder gets its own number back"
+        );
+        assert!(store.renew_instance(0, a, long).await.unwrap());
+        assert!(!store.renew_instance(0, b, long).await.unwrap(), "not b's");
+        store.release_instance(0, b).await.unwrap();
+        assert_eq!(
+            store.lease_instance(c, 2, long).await.unwrap(),
+            None,
+            "b could not free a's"
+        );
+        store.release_instance(0, a).await.unwrap();
+        assert_eq!(store.lease_instance(c, 2, long).await.unwrap(), Some(0));
+        // A lease that expires is free for another holder.
+        let short = std::time::Duration::from_millis(1);
+        assert!(store.renew_instance(1, b, short).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(store.lease_instance(a, 2, long).await.unwrap(), Some(1));
+        assert!(
+            !store.renew_instance(1, b, long).await.unwrap(),
+            "b lost it"
+        );
+    })
+    .await
+}
+
+async fn an_idempotency_name_keeps_its_first_id(backend: Backend) {
+    with_store(backend, |store| async move {
+        let name = common::unique("room\u{0}ann\u{0}key");
+        let (first, second) = (fresh_id(), fresh_id());
+        assert_eq!(
+            store.claim_idempotency_name(&name, first).await.unwrap(),
+            first
+        );
+        assert_eq!(
+            store.claim_idempotency_name(&name, second).await.unwrap(),
+            first
+        );
+        let other = format!("{name}-other");
+        assert_eq!(
+            store.claim_idempotency_name(&other, second).await.unwrap(),
+            second
+        );
+    })
+    .await
+}
+
+async fn a_new_store_is_of_the_current_layout(backend: Backend) {
+    with_store(backend, |store| async move {
+        assert_eq!(store.schema().await.unwrap(), Schema::Empty);
+        assert_eq!(store.schema().await.unwrap(), Schema::Current);
+        assert_eq!(store.migrate().await.unwrap(), 0, "nothing to convert");
+        assert_eq!(store.schema().await.unwrap(), Schema::Current);
     })
     .await
 }

@@ -56,7 +56,7 @@ impl From<ChatError> for ApiError {
                 (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             ChatError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
-            ChatError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+            ChatError::Internal(_) | ChatError::Legacy(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = match &e {
             ChatError::Internal(detail) => {

@@ -13,7 +13,7 @@ use super::samples::Samples;
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::rmq::baseline::confirmed_publish_rate;
-use crate::model::{Alias, ChatMessage, MessageProperties, MessageType, RoomName, now};
+use crate::model::{Alias, ChatMessage, MessageId, MessageProperties, MessageType, RoomName, now};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
@@ -63,8 +63,13 @@ impl Scratch {
 
     /// The broker body of one send, as the service publishes it.
     pub fn publish_body(&self) -> Result<Vec<u8>, BenchError> {
-        let props =
-            MessageProperties::new_sent(self.room.clone(), self.from.clone(), "bob".to_string());
+        // Never stored: any id will do.
+        let props = MessageProperties::new_sent(
+            self.room.clone(),
+            self.from.clone(),
+            "bob".to_string(),
+            MessageId(0),
+        );
         serde_json::to_vec(&ChatMessage::new(TEXT.to_string(), props))
             .map_err(|e| BenchError::Setup(e.to_string()))
     }
@@ -72,8 +77,13 @@ impl Scratch {
     /// A new numbered message, as a room's consumer stores it.
     pub fn stored_message(&mut self) -> ChatMessage {
         self.next_sequence += 1;
-        let mut props =
-            MessageProperties::new_sent(self.room.clone(), self.from.clone(), "bob".to_string());
+        // Unique in the scratch room, which is all a raw insert needs.
+        let mut props = MessageProperties::new_sent(
+            self.room.clone(),
+            self.from.clone(),
+            "bob".to_string(),
+            MessageId(self.next_sequence),
+        );
         props.mess_type = MessageType::Received;
         props.rec_time = Some(now());
         props.sequence_number = Some(self.next_sequence);

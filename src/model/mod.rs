@@ -9,7 +9,7 @@ mod user;
 pub use event::{ClusterEvent, EventEnvelope};
 pub use message::{
     ChatMessage, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MESS_TYPE_RECEIVED, MESS_TYPE_SENT,
-    MessageProperties, MessageType, idempotent_id, now,
+    MessageId, MessageProperties, MessageType, idempotency_name, now,
 };
 pub use meta::{RoomListMeta, RoomMeta};
 pub use names::{Alias, MAX_NAME_LEN, NameError, RoomName};

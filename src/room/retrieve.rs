@@ -30,13 +30,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::{RoomError, declare_topology, sequence};
 use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery, DeliveryStream};
 use crate::metrics as m;
-use crate::model::{ChatMessage, MessageType, RoomMeta, RoomName, now};
+use crate::model::{ChatMessage, MessageId, MessageType, RoomMeta, RoomName, now};
 use crate::store::{InsertStop, Store};
 
 /// Most deliveries handled as one batch.
@@ -252,7 +251,7 @@ impl RoomConsumer {
         // Only a redelivery can have been stored already by a consumer of this room: look those
         // up first (one read). A fresh delivery can be stored already only if a client retried
         // with an idempotency key; the write itself catches that.
-        let redelivered: Vec<Uuid> = accepted
+        let redelivered: Vec<MessageId> = accepted
             .iter()
             .filter(|(delivery, _)| delivery.redelivered)
             .map(|(_, m)| m.mess_props.id)
@@ -285,7 +284,7 @@ impl RoomConsumer {
         };
         // A message that came more than once in this batch (a client's concurrent retries) must
         // read as its one final stored copy everywhere, whatever the write changed about it.
-        let finals: HashMap<Uuid, ChatMessage> = fresh
+        let finals: HashMap<MessageId, ChatMessage> = fresh
             .iter()
             .map(|&slot| (outcome[slot].mess_props.id, outcome[slot].clone()))
             .collect();
@@ -338,7 +337,11 @@ impl RoomConsumer {
     }
 
     /// The stored copies of those of `ids` the store has, retrying through outages.
-    async fn lookup(&self, ids: &[Uuid], retry: &Retry<'_>) -> Result<Vec<ChatMessage>, Handled> {
+    async fn lookup(
+        &self,
+        ids: &[MessageId],
+        retry: &Retry<'_>,
+    ) -> Result<Vec<ChatMessage>, Handled> {
         let mut backoff = Backoff::default();
         loop {
             match self.store.existing_messages(&self.room, ids).await {
@@ -495,7 +498,7 @@ fn number<'a>(
     existing: Vec<ChatMessage>,
     mut last: u64,
 ) -> (Vec<ChatMessage>, Vec<usize>, u64) {
-    let mut known: HashMap<Uuid, ChatMessage> =
+    let mut known: HashMap<MessageId, ChatMessage> =
         existing.into_iter().map(|m| (m.mess_props.id, m)).collect();
     let mut outcome = Vec::new();
     let mut fresh = Vec::new();

@@ -66,7 +66,10 @@ fn message(room: &ChatRoom, text: &str) -> ChatMessage {
 }
 
 fn props(room: &ChatRoom) -> MessageProperties {
-    MessageProperties::new_sent(room.name().clone(), alias("ann"), "bob".into())
+    // Unique ids across the tests of this process.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = crate::model::MessageId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    MessageProperties::new_sent(room.name().clone(), alias("ann"), "bob".into(), id)
 }
 
 fn texts(messages: &[ChatMessage]) -> Vec<&str> {

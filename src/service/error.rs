@@ -78,6 +78,9 @@ pub enum ChatError {
     /// The broker or the store cannot be used right now; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The store holds data this version does not read.
+    #[error("{0}")]
+    Legacy(String),
     /// A fault of the service itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -115,6 +118,7 @@ impl From<StoreError> for ChatError {
                 tracing::warn!(error = %detail, "store unavailable");
                 ChatError::Unavailable("the message store is unavailable".into())
             }
+            StoreError::Legacy(why) => ChatError::Legacy(why),
             StoreError::Malformed(_) | StoreError::Unnumbered(_) => {
                 ChatError::Internal(e.to_string())
             }

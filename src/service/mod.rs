@@ -16,6 +16,7 @@ mod error;
 mod events;
 mod health;
 mod history;
+mod ids;
 mod live;
 mod peers;
 mod registry;
@@ -41,7 +42,7 @@ pub use rooms::Creation;
 use crate::broker::Broker;
 use crate::model::{Alias, ChatMessage, RoomName};
 use crate::room::RoomList;
-use crate::store::Store;
+use crate::store::{Schema, Store, StoreError};
 
 /// Name of the deployment's room list.
 pub const ROOM_LIST_NAME: &str = "main";
@@ -50,8 +51,11 @@ pub const MAX_HISTORY_LIMIT: usize = 1000;
 /// The default of [`ServiceConfig::default_room`].
 pub const DEFAULT_ROOM: &str = "general";
 /// How long start-up waits for the first subscription to cluster events (and the catch-up after
-/// it) before serving anyway; sends made meanwhile may answer 202 instead of "stored".
+/// it), and for an instance number, before serving anyway; sends made meanwhile may answer 202
+/// instead of "stored", or 503.
 const EVENTS_READY_WAIT: Duration = Duration::from_secs(10);
+/// How long start-up waits for the store to answer.
+const STORE_WAIT_AT_START: Duration = Duration::from_secs(20);
 
 /// Tunables of the service.
 #[derive(Debug, Clone)]
@@ -158,6 +162,8 @@ pub(crate) struct Inner {
     peers: peers::Peers,
     /// Rooms whose consumer cannot work right now.
     health: health::RoomHealth,
+    /// Makes message ids with this instance's leased number.
+    ids: ids::Ids,
     /// Fired once to stop every task.
     shutdown: CancellationToken,
     /// Each room's consumer (with a number telling one run from the next), to stop one alone.
@@ -178,6 +184,7 @@ impl ChatService {
         store: Arc<dyn Store>,
         config: ServiceConfig,
     ) -> Result<Self, ChatError> {
+        check_schema(store.as_ref()).await?;
         let rooms = RoomList::new(
             ROOM_LIST_NAME,
             broker.clone(),
@@ -195,6 +202,7 @@ impl ChatService {
                 waiters: waiters::Waiters::default(),
                 peers: peers::Peers::default(),
                 health: health::RoomHealth::default(),
+                ids: ids::Ids::default(),
                 shutdown: CancellationToken::new(),
                 consumers: Mutex::new(HashMap::new()),
                 consumer_runs: AtomicU64::new(0),
@@ -211,6 +219,17 @@ impl ChatService {
             .clone()
             .keep_alive(service.inner.shutdown.child_token());
         service.inner.tasks.spawn(alive);
+        let (leased, leasing) = tokio::sync::oneshot::channel();
+        let lease = service
+            .clone()
+            .keep_leasing(service.inner.shutdown.child_token(), leased);
+        service.inner.tasks.spawn(lease);
+        if tokio::time::timeout(EVENTS_READY_WAIT, leasing)
+            .await
+            .is_err()
+        {
+            tracing::warn!("no instance number for message ids yet; sends answer 503 until then");
+        }
         if tokio::time::timeout(EVENTS_READY_WAIT, listening)
             .await
             .is_err()
@@ -277,6 +296,31 @@ impl ChatService {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+}
+
+/// Refuses a store holding an earlier version's data (it says how to convert it); retries a
+/// store that does not answer for a while.
+async fn check_schema(store: &dyn Store) -> Result<(), ChatError> {
+    let deadline = tokio::time::Instant::now() + STORE_WAIT_AT_START;
+    loop {
+        match store.schema().await {
+            Ok(Schema::Current | Schema::Empty) => return Ok(()),
+            Ok(Schema::Legacy) => {
+                return Err(ChatError::Legacy(
+                    "the store holds messages of an earlier mess-chat (UUID ids, named types): \
+                     stop every instance and run `mess-chat migrate` with the same back-end \
+                     settings, then start again"
+                        .into(),
+                ));
+            }
+            Err(StoreError::Legacy(why)) => return Err(ChatError::Legacy(why)),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "cannot read the store's layout version yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use super::{ChatError, ChatService, SendMode, SendOutcome, SendRequest, kind};
 use crate::metrics as m;
 use crate::model::{
     Alias, ChatMessage, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MessageProperties,
-    idempotent_id,
+    idempotency_name,
 };
 use crate::room::{ChatRoom, RoomError};
 
@@ -86,19 +86,28 @@ impl ChatService {
         } else {
             self.private_recipient(&room, &request).await?.to_string()
         };
-        let mut props =
-            MessageProperties::new_sent(room.name().clone(), request.from_alias.clone(), to_user);
+        let mut id = self.inner.ids.next()?;
         if let Some(key) = &request.idempotency_key {
-            props.id = idempotent_id(room.name(), &request.from_alias, key);
-            // A retry of a stored message answers with it at once; a reuse of the key for
-            // another text is refused before anything is published. (If the store cannot say,
-            // the send goes on: the consumer recognises the id either way.)
-            let ids = [props.id];
-            let stored = self.inner.store.existing_messages(room.name(), &ids).await;
-            if let Ok(Some(stored)) = stored.map(|found| found.into_iter().next()) {
-                return same_message(stored, &request.message).map(SendOutcome::Stored);
+            // The first send with this key names the message's id; a retry finds it.
+            let name = idempotency_name(room.name(), &request.from_alias, key);
+            let claimed = self.inner.store.claim_idempotency_name(&name, id).await?;
+            if claimed != id {
+                id = claimed;
+                // A retry of a stored message answers with it at once; a reuse of the key for
+                // another text is refused before anything is published. (If the store cannot
+                // say, the send goes on: the consumer recognises the id either way.)
+                let stored = self.inner.store.existing_messages(room.name(), &[id]).await;
+                if let Ok(Some(stored)) = stored.map(|found| found.into_iter().next()) {
+                    return same_message(stored, &request.message).map(SendOutcome::Stored);
+                }
             }
         }
+        let props = MessageProperties::new_sent(
+            room.name().clone(),
+            request.from_alias.clone(),
+            to_user,
+            id,
+        );
         let id = props.id;
         let keyed = request.idempotency_key.is_some();
         let waiters = &self.inner.waiters;
@@ -110,8 +119,28 @@ impl ChatService {
                 return Err(self.refused(&room, e).await);
             }
         };
-        let stored = tokio::time::timeout(self.inner.config.store_wait, stored).await;
-        let in_doubt = match stored {
+        let mut stored = stored;
+        let store_wait = self.inner.config.store_wait;
+        let mut waited = tokio::time::timeout(store_wait, &mut stored).await;
+        if waited.is_err()
+            && self.inner.broker.durable()
+            && !waiters.in_doubt(&id)
+            && self.store_answers_within(store_wait).await
+        {
+            // The store answers, so the message is not waiting for it: the room's consumer is
+            // slow, or the queue that held the message was deleted (which the consumer reports
+            // once it notices). Wait longer, so that such a message is not acknowledged.
+            waited = tokio::time::timeout(2 * store_wait, &mut stored).await;
+            if waited.is_err() {
+                let _ = waiters.forget(&id);
+                return Err(ChatError::Unavailable(format!(
+                    "message {id} was not stored within {:?} although the store answers; it may \
+                     be lost: retry with the same idempotency_key to send it exactly once",
+                    3 * store_wait
+                )));
+            }
+        }
+        let in_doubt = match waited {
             // Another send with this key (and another text) may have been stored first.
             Ok(Ok(Ok(stored))) if keyed => {
                 return same_message(stored, &sent.message).map(SendOutcome::Stored);
@@ -130,14 +159,14 @@ impl ChatService {
             )));
         }
         if self.inner.broker.durable() {
-            // The broker holds it durably: it will be stored once the store can take it.
+            // The store is down and the broker holds the message durably: it will be stored once
+            // the store is back.
             Ok(SendOutcome::Accepted(sent))
         } else {
             // Only this process holds it: no acknowledgement before it is stored.
             Err(ChatError::Unavailable(format!(
-                "message {id} was not stored within {:?}; it may still be stored: retry with \
-                 the same idempotency_key to send it exactly once",
-                self.inner.config.store_wait
+                "message {id} was not stored within {store_wait:?}; it may still be stored: retry \
+                 with the same idempotency_key to send it exactly once"
             )))
         }
     }
@@ -161,6 +190,15 @@ impl ChatService {
                 room.name()
             )),
         }
+    }
+
+    /// Whether the store answers a ping within `wait` (a store that takes longer is as good as
+    /// down for a sender waiting on it).
+    async fn store_answers_within(&self, wait: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(wait, self.inner.store.ping()).await,
+            Ok(Ok(()))
+        )
     }
 
     /// The other member of a private room, checking that sender and recipient both belong.

@@ -6,9 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
-use crate::model::{ChatMessage, RoomName};
+use crate::model::{ChatMessage, MessageId, RoomName};
 
 /// What a waiting sender hears.
 pub(super) type Outcome = Result<ChatMessage, RoomGone>;
@@ -20,7 +19,7 @@ pub(super) struct RoomGone;
 /// Waiting senders by message id. A std mutex: every section is short and sync.
 #[derive(Default)]
 pub(super) struct Waiters {
-    waiting: Mutex<HashMap<Uuid, Waiting>>,
+    waiting: Mutex<HashMap<MessageId, Waiting>>,
 }
 
 /// The senders of one message id: several when a client retries with one idempotency key while
@@ -33,12 +32,12 @@ struct Waiting {
 }
 
 impl Waiters {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Waiting>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, Waiting>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers interest in message `id` of `room`: the receiver gets it once it is stored.
-    pub fn register(&self, room: &RoomName, id: Uuid) -> oneshot::Receiver<Outcome> {
+    pub fn register(&self, room: &RoomName, id: MessageId) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         self.waiting()
             .entry(id)
@@ -54,7 +53,7 @@ impl Waiters {
 
     /// Drops the interest of senders that gave up on a message (failed send or timeout); says
     /// whether the message was in doubt (see [`Waiters::doubt_room`]).
-    pub fn forget(&self, id: &Uuid) -> bool {
+    pub fn forget(&self, id: &MessageId) -> bool {
         let mut waiting = self.waiting();
         let Some(w) = waiting.get_mut(id) else {
             return false;
@@ -65,6 +64,11 @@ impl Waiters {
             waiting.remove(id);
         }
         in_doubt
+    }
+
+    /// Whether message `id` is in doubt (see [`Waiters::doubt_room`]).
+    pub fn in_doubt(&self, id: &MessageId) -> bool {
+        self.waiting().get(id).is_some_and(|w| w.in_doubt)
     }
 
     /// Marks every message awaited in `room` as in doubt: its queue was deleted, so a message
@@ -98,7 +102,7 @@ impl Waiters {
     pub fn fail_room(&self, room: &RoomName) {
         let gone: Vec<Waiting> = {
             let mut waiting = self.waiting();
-            let ids: Vec<Uuid> = waiting
+            let ids: Vec<MessageId> = waiting
                 .iter()
                 .filter(|(_, w)| w.room == *room)
                 .map(|(id, _)| *id)
@@ -113,8 +117,8 @@ impl Waiters {
     }
 
     /// The ids still awaited, by room (to look them up after events may have been missed).
-    pub fn pending(&self) -> HashMap<RoomName, Vec<Uuid>> {
-        let mut by_room: HashMap<RoomName, Vec<Uuid>> = HashMap::new();
+    pub fn pending(&self) -> HashMap<RoomName, Vec<MessageId>> {
+        let mut by_room: HashMap<RoomName, Vec<MessageId>> = HashMap::new();
         for (id, w) in self.waiting().iter() {
             by_room.entry(w.room.clone()).or_default().push(*id);
         }

@@ -12,15 +12,22 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::{Created, InsertStop, Inserted, MemberChange, Store, StoreError};
-use crate::model::{Alias, ChatMessage, RoomListMeta, RoomMeta, RoomName, UserRecord};
+use super::migration::MigrationIds;
+use super::{
+    Created, InsertStop, Inserted, MemberChange, SCHEMA_VERSION, Schema, Store, StoreError,
+};
+use crate::model::{
+    Alias, ChatMessage, MessageId, MessageProperties, MessageType, RoomListMeta, RoomMeta,
+    RoomName, UserRecord,
+};
 
 const ROOM_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_lists");
 const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
@@ -28,6 +35,9 @@ const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mess
 const MESSAGE_IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("message_ids");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const MEMBERSHIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("memberships");
+const INSTANCES: TableDefinition<u16, &[u8]> = TableDefinition::new("instances");
+const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+const SCHEMA: TableDefinition<&str, i64> = TableDefinition::new("schema");
 
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "mess-chat.redb";
@@ -84,6 +94,9 @@ impl EmbeddedStore {
         redb!(txn.open_table(MESSAGE_IDS));
         redb!(txn.open_table(USERS));
         redb!(txn.open_table(MEMBERSHIPS));
+        redb!(txn.open_table(INSTANCES));
+        redb!(txn.open_table(IDEMPOTENCY));
+        redb!(txn.open_table(SCHEMA));
         redb!(txn.commit());
         Ok(Self { db: Arc::new(db) })
     }
@@ -98,6 +111,58 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || work(&db))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+/// The key of the layout's version in the `schema` table.
+const SCHEMA_KEY: &str = "version";
+
+/// An instance number's lease.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Lease {
+    holder: Uuid,
+    /// Milliseconds since 1970.
+    expires_ms: i64,
+}
+
+/// A message as earlier versions stored it: a UUID id (and a named type, which
+/// [`MessageType`]'s reader takes as it is).
+#[derive(serde::Deserialize)]
+struct LegacyMessage {
+    message: String,
+    mess_props: LegacyProperties,
+}
+
+#[derive(serde::Deserialize)]
+struct LegacyProperties {
+    mess_type: MessageType,
+    room_name: RoomName,
+    to_user: String,
+    from_user: Alias,
+    sent_time: chrono::DateTime<chrono::Utc>,
+    rec_time: Option<chrono::DateTime<chrono::Utc>>,
+    sequence_number: Option<u64>,
+    #[allow(dead_code)]
+    id: Uuid,
+}
+
+impl LegacyMessage {
+    fn into_current(self, id: MessageId) -> ChatMessage {
+        let p = self.mess_props;
+        ChatMessage {
+            message: self.message,
+            mess_props: MessageProperties {
+                mess_type: p.mess_type,
+                room_name: p.room_name,
+                to_user: p.to_user,
+                from_user: p.from_user,
+                sent_time: p.sent_time,
+                rec_time: p.rec_time,
+                sequence_number: p.sequence_number,
+                id,
+            },
+            dirty: false,
+        }
     }
 }
 
@@ -429,7 +494,7 @@ impl Store for EmbeddedStore {
     async fn insert_message(&self, message: &ChatMessage) -> Result<Inserted, StoreError> {
         super::check_numbered(std::slice::from_ref(message))?;
         let room = message.mess_props.room_name.clone();
-        let id = message.mess_props.id.as_u128();
+        let id = u128::from(message.mess_props.id.0);
         let seq = message.mess_props.sequence_number.unwrap_or(0);
         let bytes = encode(message)?;
         self.blocking(move |db| {
@@ -453,7 +518,7 @@ impl Store for EmbeddedStore {
     async fn existing_messages(
         &self,
         room: &RoomName,
-        ids: &[Uuid],
+        ids: &[MessageId],
     ) -> Result<Vec<ChatMessage>, StoreError> {
         let (room, ids) = (room.clone(), ids.to_vec());
         self.blocking(move |db| {
@@ -463,7 +528,7 @@ impl Store for EmbeddedStore {
             let messages = redb!(txn.open_table(MESSAGES));
             let mut found = Vec::new();
             for id in ids {
-                if let Some(seq) = redb!(id_table.get((name, id.as_u128()))) {
+                if let Some(seq) = redb!(id_table.get((name, u128::from(id.0)))) {
                     let stored = redb!(messages.get((name, seq.value())))
                         .ok_or_else(|| StoreError::Malformed(format!("dangling id in {name}")))?;
                     found.push(decode(stored.value())?);
@@ -485,7 +550,7 @@ impl Store for EmbeddedStore {
             .iter()
             .map(|m| {
                 let seq = m.mess_props.sequence_number.unwrap_or(0);
-                Ok((m.mess_props.id.as_u128(), seq, encode(m)?))
+                Ok((u128::from(m.mess_props.id.0), seq, encode(m)?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.blocking(move |db| {
@@ -630,6 +695,194 @@ impl Store for EmbeddedStore {
                 Some(entry) => Ok(redb!(entry).0.value().1),
                 None => Ok(0),
             }
+        })
+        .await
+    }
+
+    async fn lease_instance(
+        &self,
+        holder: Uuid,
+        numbers: u16,
+        ttl: Duration,
+    ) -> Result<Option<u16>, StoreError> {
+        self.blocking(move |db| {
+            let now = crate::model::now().timestamp_millis();
+            let txn = redb!(db.begin_write());
+            let taken = {
+                let mut leases = redb!(txn.open_table(INSTANCES));
+                let mut taken = None;
+                for number in 0..numbers {
+                    let lease: Option<Lease> = read_json(&leases, number)?;
+                    let free = lease.is_none_or(|l| l.expires_ms < now || l.holder == holder);
+                    if free {
+                        let lease = Lease {
+                            holder,
+                            expires_ms: now + ttl.as_millis() as i64,
+                        };
+                        redb!(leases.insert(number, encode(&lease)?.as_slice()));
+                        taken = Some(number);
+                        break;
+                    }
+                }
+                taken
+            };
+            redb!(txn.commit());
+            Ok(taken)
+        })
+        .await
+    }
+
+    async fn renew_instance(
+        &self,
+        number: u16,
+        holder: Uuid,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.blocking(move |db| {
+            let txn = redb!(db.begin_write());
+            let renewed = {
+                let mut leases = redb!(txn.open_table(INSTANCES));
+                let lease: Option<Lease> = read_json(&leases, number)?;
+                match lease {
+                    Some(l) if l.holder == holder => {
+                        let lease = Lease {
+                            holder,
+                            expires_ms: crate::model::now().timestamp_millis()
+                                + ttl.as_millis() as i64,
+                        };
+                        redb!(leases.insert(number, encode(&lease)?.as_slice()));
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            redb!(txn.commit());
+            Ok(renewed)
+        })
+        .await
+    }
+
+    async fn release_instance(&self, number: u16, holder: Uuid) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let txn = redb!(db.begin_write());
+            {
+                let mut leases = redb!(txn.open_table(INSTANCES));
+                let lease: Option<Lease> = read_json(&leases, number)?;
+                if lease.is_some_and(|l| l.holder == holder) {
+                    redb!(leases.remove(number));
+                }
+            }
+            redb!(txn.commit());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_idempotency_name(
+        &self,
+        name: &str,
+        id: MessageId,
+    ) -> Result<MessageId, StoreError> {
+        let name = name.to_string();
+        self.blocking(move |db| {
+            let txn = redb!(db.begin_write());
+            let claimed = {
+                let mut names = redb!(txn.open_table(IDEMPOTENCY));
+                let first = redb!(names.get(name.as_str())).map(|v| v.value());
+                match first {
+                    Some(first) => MessageId(first),
+                    None => {
+                        redb!(names.insert(name.as_str(), id.0));
+                        id
+                    }
+                }
+            };
+            redb!(txn.commit());
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn schema(&self) -> Result<Schema, StoreError> {
+        self.blocking(|db| {
+            let txn = redb!(db.begin_write());
+            let schema = {
+                let mut marker = redb!(txn.open_table(SCHEMA));
+                let version = redb!(marker.get(SCHEMA_KEY)).map(|v| v.value());
+                match version {
+                    Some(SCHEMA_VERSION) => Schema::Current,
+                    Some(v) if v < SCHEMA_VERSION => Schema::Legacy,
+                    Some(v) => {
+                        return Err(StoreError::Legacy(format!(
+                            "the data was written by a newer mess-chat (layout {v}); this one \
+                             reads layout {SCHEMA_VERSION}"
+                        )));
+                    }
+                    None => {
+                        // Earlier versions wrote no marker: a store with rooms or users is theirs.
+                        let rooms = redb!(txn.open_table(ROOMS));
+                        let users = redb!(txn.open_table(USERS));
+                        if redb!(rooms.is_empty()) && redb!(users.is_empty()) {
+                            redb!(marker.insert(SCHEMA_KEY, SCHEMA_VERSION));
+                            Schema::Empty
+                        } else {
+                            Schema::Legacy
+                        }
+                    }
+                }
+            };
+            redb!(txn.commit());
+            Ok(schema)
+        })
+        .await
+    }
+
+    async fn migrate(&self) -> Result<u64, StoreError> {
+        self.blocking(|db| {
+            let rooms: Vec<String> = {
+                let txn = redb!(db.begin_read());
+                let table = redb!(txn.open_table(ROOMS));
+                let mut rooms = Vec::new();
+                for entry in redb!(table.iter()) {
+                    rooms.push(redb!(entry).0.value().to_string());
+                }
+                rooms
+            };
+            let mut ids = MigrationIds::default();
+            let mut converted = 0;
+            // One write transaction per room: a room is converted whole or not at all.
+            for room in rooms {
+                let name = room.as_str();
+                let txn = redb!(db.begin_write());
+                {
+                    let mut messages = redb!(txn.open_table(MESSAGES));
+                    let mut id_table = redb!(txn.open_table(MESSAGE_IDS));
+                    let mut rows = Vec::new();
+                    for entry in redb!(messages.range((name, 0)..=(name, u64::MAX))) {
+                        let (key, value) = redb!(entry);
+                        rows.push((key.value().1, value.value().to_vec()));
+                    }
+                    for (seq, bytes) in rows {
+                        let Ok(legacy) = decode::<LegacyMessage>(&bytes) else {
+                            continue; // converted already
+                        };
+                        let id = ids.id_for(legacy.mess_props.sent_time.timestamp_millis())?;
+                        let message = legacy.into_current(id);
+                        redb!(messages.insert((name, seq), encode(&message)?.as_slice()));
+                        redb!(id_table.insert((name, u128::from(id.0)), seq));
+                        converted += 1;
+                    }
+                    // The old ids were UUIDs, far above any 53-bit id.
+                    redb!(
+                        id_table.retain_in((name, 1u128 << 64)..=(name, u128::MAX), |_, _| false)
+                    );
+                }
+                redb!(txn.commit());
+            }
+            let txn = redb!(db.begin_write());
+            redb!(redb!(txn.open_table(SCHEMA)).insert(SCHEMA_KEY, SCHEMA_VERSION));
+            redb!(txn.commit());
+            Ok(converted)
         })
         .await
     }

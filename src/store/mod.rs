@@ -12,12 +12,15 @@
 //! ([`InsertStop::NumberTaken`]) instead of storing a duplicate.
 
 pub mod embedded;
+pub mod migration;
 pub mod mongo;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::model::{Alias, ChatMessage, RoomListMeta, RoomMeta, RoomName, UserRecord};
+use crate::model::{Alias, ChatMessage, MessageId, RoomListMeta, RoomMeta, RoomName, UserRecord};
 
 /// What can go wrong talking to the store.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +33,10 @@ pub enum StoreError {
     Malformed(String),
     /// Only numbered messages can be stored.
     #[error("message {0} has no sequence number")]
-    Unnumbered(Uuid),
+    Unnumbered(MessageId),
+    /// The store holds data of an earlier version that this one does not read.
+    #[error("{0}")]
+    Legacy(String),
 }
 
 /// Whether `text` contains `needle`, ASCII letters compared without case (the rule of
@@ -82,6 +88,21 @@ pub struct MemberChange {
     /// member).
     pub changed: bool,
 }
+
+/// What a store holds, as far as this version is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Nothing yet: a new store (marked current at once).
+    Empty,
+    /// Data written by this version's layout.
+    Current,
+    /// Data of an earlier version (messages with UUID ids and named types): `mess-chat migrate`
+    /// converts it.
+    Legacy,
+}
+
+/// The version of the store's layout this code writes (2: integer message ids and types).
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The outcome of [`Store::create_room`], the one atomic write that decides a room's creation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +172,7 @@ pub trait Store: Send + Sync + 'static {
     async fn existing_messages(
         &self,
         room: &RoomName,
-        ids: &[Uuid],
+        ids: &[MessageId],
     ) -> Result<Vec<ChatMessage>, StoreError>;
 
     /// Stores a batch of numbered messages of one room, in order, in as few writes as the back
@@ -204,6 +225,41 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest sequence number stored for the room (0 when it has no messages).
     async fn last_sequence(&self, room: &RoomName) -> Result<u64, StoreError>;
+
+    /// Takes an instance number (0 ..< `numbers`) for `holder` until `ttl` from now: a free one,
+    /// one whose holder let it expire, or the holder's own. `None` if every number is held.
+    async fn lease_instance(
+        &self,
+        holder: Uuid,
+        numbers: u16,
+        ttl: Duration,
+    ) -> Result<Option<u16>, StoreError>;
+
+    /// Extends `holder`'s lease of `number` to `ttl` from now; `false` if it is no longer its.
+    async fn renew_instance(
+        &self,
+        number: u16,
+        holder: Uuid,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives `number` back, if `holder` holds it.
+    async fn release_instance(&self, number: u16, holder: Uuid) -> Result<(), StoreError>;
+
+    /// Records that the message sent under the idempotency name `name` has id `id`, unless a
+    /// message was recorded under it already; returns the id recorded (ours, or the first).
+    async fn claim_idempotency_name(
+        &self,
+        name: &str,
+        id: MessageId,
+    ) -> Result<MessageId, StoreError>;
+
+    /// What the store holds; an empty store is marked current.
+    async fn schema(&self) -> Result<Schema, StoreError>;
+
+    /// Converts data of earlier versions to this version's layout (run while no instance
+    /// serves); returns how many messages it converted.
+    async fn migrate(&self) -> Result<u64, StoreError>;
 
     /// Checks that the store answers now.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -14,6 +14,7 @@
 //! metadata document, members change by `$addToSet` / `$pull`, the room list likewise.
 
 pub mod baseline;
+mod migrate;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -27,10 +28,10 @@ use mongodb::options::{ClientOptions, FindOneOptions, FindOptions, IndexOptions,
 use mongodb::{Client, Collection, Database, IndexModel};
 use uuid::Uuid;
 
-use super::{Created, InsertStop, Inserted, MemberChange, Store, StoreError};
+use super::{Created, InsertStop, Inserted, MemberChange, Schema, Store, StoreError};
 use crate::model::{
-    Alias, ChatMessage, MessageProperties, MessageType, RoomListMeta, RoomMeta, RoomName,
-    UserRecord,
+    Alias, ChatMessage, MessageId, MessageProperties, MessageType, RoomListMeta, RoomMeta,
+    RoomName, UserRecord,
 };
 
 /// Collection holding the room lists' metadata.
@@ -39,6 +40,16 @@ pub const ROOM_LIST_COLLECTION: &str = "_room_list";
 pub const USERS_COLLECTION: &str = "_users";
 /// Collection holding, per alias, the rooms it was added to (`{_id: alias, rooms: [...]}`).
 pub const MEMBERSHIPS_COLLECTION: &str = "_memberships";
+/// Collection holding the instance-number leases (`{_id: number, holder, expires}`).
+pub const INSTANCES_COLLECTION: &str = "_instances";
+/// Collection holding the ids of messages sent with an idempotency key (`{_id: name, id}`).
+pub const IDEMPOTENCY_COLLECTION: &str = "_idempotency";
+/// Collection holding the layout's version (`{_id: "schema", version}`).
+pub const SCHEMA_COLLECTION: &str = "_schema";
+/// What a reader of data of an earlier version is told.
+const LEGACY: &str = "the database holds messages of an earlier mess-chat (UUID ids, named \
+    types): stop every instance and run `mess-chat migrate` with the same --mongo-url and \
+    --mongo-db, then start again";
 /// How long an operation waits for a usable server before the store counts as unavailable.
 pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 const META_ID: &str = "meta";
@@ -259,43 +270,46 @@ fn malformed(what: impl std::fmt::Display) -> StoreError {
 
 fn message_to_doc(m: &ChatMessage) -> Document {
     let p = &m.mess_props;
-    let mess_type = match p.mess_type {
-        MessageType::Sent => "sent",
-        MessageType::Received => "received",
-    };
+    let id = p.id.0 as i64;
     doc! {
-        "_id": p.id.to_string(),
+        "_id": id,
         "message": &m.message,
         "mess_props": {
-            "mess_type": mess_type,
+            "mess_type": i32::from(p.mess_type.code()),
             "room_name": p.room_name.as_str(),
             "to_user": &p.to_user,
             "from_user": p.from_user.as_str(),
             "sent_time": date(p.sent_time),
             "rec_time": p.rec_time.map(date),
             "sequence_number": p.sequence_number.map(|s| s as i64),
-            "id": p.id.to_string(),
+            "id": id,
         },
+    }
+}
+
+/// An integer field of a document (stored as Int64, or Int32 by other writers).
+fn integer(d: &Document, key: &str) -> Option<i64> {
+    match d.get(key) {
+        Some(Bson::Int64(n)) => Some(*n),
+        Some(Bson::Int32(n)) => Some(i64::from(*n)),
+        _ => None,
     }
 }
 
 fn message_from_doc(d: &Document) -> Result<ChatMessage, StoreError> {
     let p = d.get_document("mess_props").map_err(malformed)?;
     let text = |key: &str| p.get_str(key).map_err(malformed);
-    let mess_type = match text("mess_type")? {
-        "sent" => MessageType::Sent,
-        "received" => MessageType::Received,
-        other => return Err(malformed(format!("unknown mess_type {other:?}"))),
+    let Some(id) = integer(p, "id") else {
+        return Err(StoreError::Legacy(LEGACY.into()));
     };
+    let mess_type = integer(p, "mess_type")
+        .and_then(|code| MessageType::from_code(code as u64))
+        .ok_or_else(|| malformed("mess_type is not 1 or 2"))?;
     let rec_time = match p.get("rec_time") {
         Some(Bson::DateTime(t)) => Some(from_date(*t)?),
         _ => None,
     };
-    let sequence_number = match p.get("sequence_number") {
-        Some(Bson::Int64(n)) => Some(*n as u64),
-        Some(Bson::Int32(n)) => Some(*n as u64),
-        _ => None,
-    };
+    let sequence_number = integer(p, "sequence_number").map(|n| n as u64);
     let mess_props = MessageProperties {
         mess_type,
         room_name: RoomName::new(text("room_name")?).map_err(malformed)?,
@@ -304,7 +318,7 @@ fn message_from_doc(d: &Document) -> Result<ChatMessage, StoreError> {
         sent_time: from_date(*p.get_datetime("sent_time").map_err(malformed)?)?,
         rec_time,
         sequence_number,
-        id: Uuid::parse_str(text("id")?).map_err(malformed)?,
+        id: MessageId(id as u64),
     };
     Ok(ChatMessage {
         message: d.get_str("message").map_err(malformed)?.to_string(),
@@ -607,7 +621,7 @@ impl Store for MongoStore {
         match self.room(room).insert_one(message_to_doc(message)).await {
             Ok(_) => Ok(Inserted::New),
             Err(e) if is_duplicate_key(&e) => {
-                let id = message.mess_props.id.to_string();
+                let id = message.mess_props.id.0 as i64;
                 match self.room(room).find_one(doc! { "_id": id }).await? {
                     Some(stored) => Ok(Inserted::Existing(message_from_doc(&stored)?)),
                     None => Ok(Inserted::NumberTaken),
@@ -620,13 +634,13 @@ impl Store for MongoStore {
     async fn existing_messages(
         &self,
         room: &RoomName,
-        ids: &[Uuid],
+        ids: &[MessageId],
     ) -> Result<Vec<ChatMessage>, StoreError> {
         use futures_util::TryStreamExt;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let ids: Vec<i64> = ids.iter().map(|id| id.0 as i64).collect();
         let docs: Vec<Document> = self
             .room(room)
             .find(doc! { "_id": { "$in": ids } })
@@ -757,6 +771,94 @@ impl Store for MongoStore {
             .and_then(|p| p.get_i64("sequence_number"))
             .map_err(malformed)?;
         Ok(seq as u64)
+    }
+
+    async fn lease_instance(
+        &self,
+        holder: Uuid,
+        numbers: u16,
+        ttl: Duration,
+    ) -> Result<Option<u16>, StoreError> {
+        let now = crate::model::now();
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+        let leases = self.db.collection::<Document>(INSTANCES_COLLECTION);
+        for number in 0..numbers {
+            // Free (no document), expired, or already ours: the filter matches or the upsert
+            // inserts; held by someone else: the upsert collides with their document.
+            let filter = doc! {
+                "_id": i32::from(number),
+                "$or": [
+                    { "expires": { "$lt": date(now) } },
+                    { "holder": holder.to_string() },
+                ],
+            };
+            let update = doc! {
+                "$set": { "holder": holder.to_string(), "expires": date(expires) },
+            };
+            match leases.update_one(filter, update).upsert(true).await {
+                Ok(_) => return Ok(Some(number)),
+                Err(e) if is_duplicate_key(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn renew_instance(
+        &self,
+        number: u16,
+        holder: Uuid,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let expires = crate::model::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+        let renewed = self
+            .db
+            .collection::<Document>(INSTANCES_COLLECTION)
+            .update_one(
+                doc! { "_id": i32::from(number), "holder": holder.to_string() },
+                doc! { "$set": { "expires": date(expires) } },
+            )
+            .await?;
+        Ok(renewed.matched_count == 1)
+    }
+
+    async fn release_instance(&self, number: u16, holder: Uuid) -> Result<(), StoreError> {
+        self.db
+            .collection::<Document>(INSTANCES_COLLECTION)
+            .delete_one(doc! { "_id": i32::from(number), "holder": holder.to_string() })
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_idempotency_name(
+        &self,
+        name: &str,
+        id: MessageId,
+    ) -> Result<MessageId, StoreError> {
+        let names = self.db.collection::<Document>(IDEMPOTENCY_COLLECTION);
+        match names
+            .insert_one(doc! { "_id": name, "id": id.0 as i64 })
+            .await
+        {
+            Ok(_) => Ok(id),
+            Err(e) if is_duplicate_key(&e) => {
+                let found = names
+                    .find_one(doc! { "_id": name })
+                    .await?
+                    .ok_or_else(|| malformed("an idempotency name vanished"))?;
+                let first = integer(&found, "id").ok_or_else(|| malformed("id is not a number"))?;
+                Ok(MessageId(first as u64))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn schema(&self) -> Result<Schema, StoreError> {
+        self.schema_state().await
+    }
+
+    async fn migrate(&self) -> Result<u64, StoreError> {
+        self.migrate_legacy().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -44,7 +44,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
     components(schemas(
         crate::model::ChatMessage,
         crate::model::MessageProperties,
-        crate::model::MessageType,
         crate::model::RoomMeta,
         crate::service::HistoryPage,
         ErrorBody,
