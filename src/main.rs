@@ -51,6 +51,10 @@ enum Command {
 
 #[derive(Args)]
 struct MigrateArgs {
+    /// RabbitMQ URL: also take the earlier versions' broker topology apart (old `<alias>` inbox
+    /// queues, a room's queue bound to its own exchange). Unset: the store only.
+    #[arg(long, env = "MESS_CHAT_AMQP_URL")]
+    amqp_url: Option<String>,
     /// MongoDB URL; unset: the embedded store in --data-dir.
     #[arg(long, env = "MESS_CHAT_MONGO_URL")]
     mongo_url: Option<String>,
@@ -341,7 +345,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Converts an earlier version's store, if it is one.
+/// Converts an earlier version's store, if it is one, then (given a RabbitMQ URL) its broker
+/// topology. Every instance must be stopped; running it again changes nothing.
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     init_logging(LogFormat::Text);
     let store: std::sync::Arc<dyn Store> = match &args.mongo_url {
@@ -357,7 +362,47 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             eprintln!("converted {converted} messages to integer ids and types");
         }
     }
+    if let Some(url) = &args.amqp_url {
+        let upgraded = upgrade_topology(url, store.as_ref()).await?;
+        eprintln!(
+            "broker: removed {} old bindings and deleted {} old inbox queues",
+            upgraded.unbound, upgraded.deleted
+        );
+        if !upgraded.in_use.is_empty() {
+            anyhow::bail!(
+                "old inbox queues still have consumers (is an earlier version running?): {}; stop \
+                 it and run `mess-chat migrate` again",
+                upgraded.in_use.join(", ")
+            );
+        }
+    }
     Ok(())
+}
+
+/// Takes the earlier broker topology of every group room in the store apart.
+async fn upgrade_topology(
+    url: &str,
+    store: &dyn Store,
+) -> anyhow::Result<mess_chat::broker::rmq::legacy::Upgraded> {
+    use mess_chat::broker::rmq::legacy::{LegacyRoom, upgrade};
+    let names = store
+        .load_room_list(mess_chat::service::ROOM_LIST_NAME)
+        .await?
+        .map(|list| list.rooms)
+        .unwrap_or_default();
+    let mut rooms = Vec::new();
+    for name in &names {
+        if let Some(meta) = store.load_room(name).await?
+            && meta.group_room
+        {
+            rooms.push(LegacyRoom {
+                name: meta.name,
+                members: meta.members,
+            });
+        }
+    }
+    let is_room = |queue: &str| names.iter().any(|name| name.as_str() == queue);
+    Ok(upgrade(url, &rooms, is_room).await?)
 }
 
 /// Prints each live message of a room as `[seq] from: text`; reconnects where it left off.

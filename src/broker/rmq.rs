@@ -14,6 +14,7 @@
 //! had not acknowledged.
 
 pub mod baseline;
+pub mod legacy;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

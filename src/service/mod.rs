@@ -310,7 +310,7 @@ async fn check_schema(store: &dyn Store) -> Result<(), ChatError> {
                 return Err(ChatError::Legacy(
                     "the store holds messages of an earlier mess-chat (UUID ids, named types): \
                      stop every instance and run `mess-chat migrate` with the same back-end \
-                     settings, then start again"
+                     settings (the broker's URL too), then start again"
                         .into(),
                 ));
             }

@@ -48,8 +48,8 @@ pub const IDEMPOTENCY_COLLECTION: &str = "_idempotency";
 pub const SCHEMA_COLLECTION: &str = "_schema";
 /// What a reader of data of an earlier version is told.
 const LEGACY: &str = "the database holds messages of an earlier mess-chat (UUID ids, named \
-    types): stop every instance and run `mess-chat migrate` with the same --mongo-url and \
-    --mongo-db, then start again";
+    types): stop every instance and run `mess-chat migrate` with the same --mongo-url, \
+    --mongo-db and --amqp-url, then start again";
 /// How long an operation waits for a usable server before the store counts as unavailable.
 pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 const META_ID: &str = "meta";
