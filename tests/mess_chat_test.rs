@@ -471,6 +471,7 @@ async fn health_and_readiness_report_ok(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(ready["broker"], true);
+    assert_eq!(ready["ids"], true, "{ready}");
     assert_eq!(ready["store"], true);
     t.cleanup().await;
 }

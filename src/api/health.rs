@@ -12,8 +12,9 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: 200 only when the broker and the store both answer and every room's consumer
-/// works; else 503 saying what does not (the rooms that cannot be stored by name, at most 20).
+/// `GET /readyz`: 200 only when the broker and the store both answer, this instance can make
+/// message ids, and every room's consumer works; else 503 saying what does not (the rooms that
+/// cannot be stored by name, at most 20).
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let ready = state.service.readiness().await;
     let stalled: Vec<&str> = ready
@@ -24,9 +25,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     if ready.ready() {
         return (
             StatusCode::OK,
-            Json(
-                json!({ "status": "ready", "broker": true, "store": true, "rooms_not_stored": [] }),
-            ),
+            Json(json!({
+                "status": "ready", "broker": true, "store": true, "ids": true,
+                "rooms_not_stored": [],
+            })),
         );
     }
     let mut down: Vec<String> = [("broker", ready.broker), ("store", ready.store)]
@@ -34,6 +36,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         .filter(|(_, up)| !up)
         .map(|(name, _)| format!("unavailable: {name}"))
         .collect();
+    if !ready.ids {
+        down.push("no instance number to make message ids with".into());
+    }
     if !stalled.is_empty() {
         let named: Vec<&str> = stalled.iter().take(20).copied().collect();
         down.push(format!(
@@ -51,6 +56,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "error": { "code": "not_ready", "message": down.join("; ") },
         "broker": ready.broker,
         "store": ready.store,
+        "ids": ready.ids,
         "rooms_not_stored": stalled,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body))

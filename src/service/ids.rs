@@ -92,6 +92,13 @@ impl Ids {
             .ok_or_else(|| ChatError::Internal("the clock is outside the id range".into()))
     }
 
+    /// Whether ids can be made now (a lease is held and has not run out).
+    pub fn usable(&self) -> bool {
+        self.state()
+            .lease
+            .is_some_and(|(_, valid_until)| Instant::now() < valid_until)
+    }
+
     /// The leased number, if any.
     pub fn number(&self) -> Option<u16> {
         self.state().lease.map(|(number, _)| number)

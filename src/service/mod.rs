@@ -127,6 +127,9 @@ pub struct Readiness {
     pub broker: bool,
     /// The store answered a ping.
     pub store: bool,
+    /// This instance holds a number to make message ids with (leased from the store): without one it
+    /// cannot send.
+    pub ids: bool,
     /// Rooms whose consumer on this instance has not been able to subscribe or to store for a
     /// while (their messages wait in their queues), with why.
     pub rooms_not_stored: Vec<(RoomName, String)>,
@@ -135,7 +138,7 @@ pub struct Readiness {
 impl Readiness {
     /// Whether this instance can do all its work.
     pub fn ready(&self) -> bool {
-        self.broker && self.store && self.rooms_not_stored.is_empty()
+        self.broker && self.store && self.ids && self.rooms_not_stored.is_empty()
     }
 }
 
@@ -287,6 +290,7 @@ impl ChatService {
         Readiness {
             broker: matches!(broker, Ok(Ok(()))),
             store: matches!(store, Ok(Ok(()))),
+            ids: self.inner.ids.usable(),
             rooms_not_stored: self.inner.health.stalled(health::STALL_GRACE),
         }
     }
