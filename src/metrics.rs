@@ -27,6 +27,14 @@ pub const BROKER_RECONNECTS: &str = "mess_chat_broker_reconnects_total";
 pub const CONSUMER_STARTS: &str = "mess_chat_consumer_starts_total";
 /// Connections answered 503 because the server had its maximum open.
 pub const CONNECTIONS_REFUSED: &str = "mess_chat_connections_refused_total";
+/// Rooms this instance knows of (a consumer runs, or is being started, for each).
+pub const ROOMS_KNOWN: &str = "mess_chat_rooms_known";
+/// Rooms whose consumer on this instance is subscribed (active or standing by).
+pub const ROOMS_CONSUMING: &str = "mess_chat_rooms_consuming";
+/// Open broker connections.
+pub const BROKER_CONNECTIONS: &str = "mess_chat_broker_connections";
+/// Broker channels the room consumers share (besides a connection's few channels of its own).
+pub const BROKER_CONSUMER_CHANNELS: &str = "mess_chat_broker_consumer_channels";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

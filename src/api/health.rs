@@ -12,14 +12,19 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Most rooms `/readyz` names (it counts them all).
+const ROOMS_NAMED: usize = 100;
+
 /// `GET /readyz`: 200 only when the broker and the store both answer, this instance can make
-/// message ids, and every room's consumer works; else 503 saying what does not (the rooms that
-/// cannot be stored by name, at most 20).
+/// message ids, and every room's consumer on it is subscribed; else 503 saying what does not
+/// (how many rooms cannot be stored, naming the first [`ROOMS_NAMED`]).
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let ready = state.service.readiness().await;
-    let stalled: Vec<&str> = ready
+    let stalled = ready.rooms_not_stored.len();
+    let named: Vec<&str> = ready
         .rooms_not_stored
         .iter()
+        .take(ROOMS_NAMED)
         .map(|(r, _)| r.as_str())
         .collect();
     if ready.ready() {
@@ -27,7 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             StatusCode::OK,
             Json(json!({
                 "status": "ready", "broker": true, "store": true, "ids": true,
-                "rooms_not_stored": [],
+                "rooms_not_stored": [], "rooms_not_stored_count": 0,
             })),
         );
     }
@@ -39,17 +44,14 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     if !ready.ids {
         down.push("no instance number to make message ids with".into());
     }
-    if !stalled.is_empty() {
-        let named: Vec<&str> = stalled.iter().take(20).copied().collect();
+    if stalled > 0 {
+        let shown = named.iter().take(20).copied().collect::<Vec<_>>();
+        let why = &ready.rooms_not_stored[0].1;
         down.push(format!(
-            "{} rooms cannot be stored: {}{}",
-            stalled.len(),
-            named.join(", "),
-            if stalled.len() > named.len() {
-                ", ..."
-            } else {
-                ""
-            }
+            "{stalled} rooms cannot be stored: {}{} ({}: {why})",
+            shown.join(", "),
+            if stalled > shown.len() { ", ..." } else { "" },
+            shown[0],
         ));
     }
     let body = json!({
@@ -57,7 +59,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "broker": ready.broker,
         "store": ready.store,
         "ids": ready.ids,
-        "rooms_not_stored": stalled,
+        "rooms_not_stored": named,
+        "rooms_not_stored_count": stalled,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod rmq;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
 use crate::model::{Alias, RoomName};
 
@@ -125,10 +126,15 @@ pub trait DeliveryStream: Send + Sync {
     /// The next delivery; `None` once the consumer was cancelled or its connection closed.
     async fn next(&mut self) -> Option<Result<Delivery, BrokerError>>;
 
-    /// Whether the consumer can still receive. Checked now and then while idle, in case a dead
-    /// connection never ends `next`.
+    /// Whether the consumer can still receive.
     fn is_open(&self) -> bool {
         true
+    }
+
+    /// Completes once the consumer can no longer receive, in case a dead connection never ends
+    /// `next` (the back end watches its connections; a consumer needs no timer of its own).
+    fn closed(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::pending())
     }
 }
 

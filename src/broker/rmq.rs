@@ -8,12 +8,15 @@
 //! - `sends`: confirm mode, every room send (through the default exchange, so a missing room
 //!   exchange can never close it);
 //! - `notices`: confirm mode, cluster events and the fan-out of stored messages to inboxes;
-//! - `admin`: declares, binds and deletes.
+//! - `admin`: declares, binds and deletes, on [`ADMIN_CHANNELS`] channels taken in turn (the
+//!   broker handles a channel's operations one at a time, and declaring a durable queue takes
+//!   it a few milliseconds).
 //!
-//! Every consumer gets a channel of its own with a prefetch window; closing it requeues what it
-//! had not acknowledged.
+//! Room consumers share channels, each with a prefetch window of its own ([`consumers`]); the
+//! cluster events' consumer has a channel of its own (its queue is exclusive to it).
 
 pub mod baseline;
+mod consumers;
 pub mod legacy;
 
 use std::sync::{Arc, Mutex};
@@ -21,17 +24,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicRejectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     ExchangeKind,
 };
+use tokio_util::sync::CancellationToken;
 
+use self::consumers::{ConsumerChannels, Seat, open_channel};
 use super::{
     Acknowledge, Broker, BrokerError, Delivery, DeliveryStream, EVENTS_EXCHANGE, EVENTS_MAX_LENGTH,
     INBOX_MAX_LENGTH, INBOX_MESSAGE_TTL_MS, inbox_queue,
@@ -47,6 +53,8 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unacknowledged deliveries a room consumer may hold at once.
 pub const PREFETCH: u16 = 256;
+/// Channels for declares, binds and deletes.
+pub const ADMIN_CHANNELS: usize = 4;
 /// AMQP's reply code for a declare that contradicts what exists.
 const PRECONDITION_FAILED: u16 = 406;
 
@@ -74,7 +82,11 @@ struct Link {
     connection: Connection,
     sends: Slot,
     notices: Slot,
-    admin: Slot,
+    admin: Vec<Slot>,
+    /// The admin channel to use next.
+    next_admin: std::sync::atomic::AtomicUsize,
+    /// The channels room consumers share.
+    consumers: ConsumerChannels,
 }
 
 /// One shared channel, re-opened when the broker closed it. A std mutex: held only to clone or
@@ -104,7 +116,12 @@ impl Link {
         match role {
             Role::Sends => &self.sends,
             Role::Notices => &self.notices,
-            Role::Admin => &self.admin,
+            Role::Admin => {
+                let next = self
+                    .next_admin
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                &self.admin[next % self.admin.len()]
+            }
         }
     }
 
@@ -119,16 +136,6 @@ impl Link {
         *slot.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
         Ok(channel)
     }
-}
-
-async fn open_channel(connection: &Connection, confirms: bool) -> lapin::Result<Channel> {
-    let channel = connection.create_channel().await?;
-    if confirms {
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-    }
-    Ok(channel)
 }
 
 impl RabbitBroker {
@@ -302,13 +309,21 @@ async fn connect(url: &str) -> lapin::Result<Link> {
             FieldTable::default(),
         )
         .await?;
+    let mut admins = vec![Slot::new(admin, false)];
+    while admins.len() < ADMIN_CHANNELS {
+        admins.push(Slot::new(open_channel(&connection, false).await?, false));
+    }
     let sends = open_channel(&connection, true).await?;
     let notices = open_channel(&connection, true).await?;
+    let consumers = ConsumerChannels::default();
+    tokio::spawn(consumers.watch(connection.status().clone()));
     Ok(Link {
         connection,
         sends: Slot::new(sends, true),
         notices: Slot::new(notices, true),
-        admin: Slot::new(admin, false),
+        admin: admins,
+        next_admin: std::sync::atomic::AtomicUsize::new(0),
+        consumers,
     })
 }
 
@@ -474,7 +489,8 @@ impl Broker for RabbitBroker {
             Ok(RabbitDeliveries {
                 consumer,
                 channel,
-                auto_ack: true,
+                closed: CancellationToken::new(),
+                seat: None,
             })
         };
         match bounded(result).await? {
@@ -501,15 +517,13 @@ impl Broker for RabbitBroker {
 }
 
 impl RabbitBroker {
-    /// A consumer of `queue` on a channel of its own, with manual acks and a prefetch window.
+    /// A consumer of `queue` with manual acks and a prefetch window, on a shared channel.
     async fn consume_queue(&self, queue: &str) -> Result<Box<dyn DeliveryStream>, BrokerError> {
         let link = self.link().await?;
         let result = async {
-            let channel = link.connection.create_channel().await?;
-            channel
-                .basic_qos(PREFETCH, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
+            let seat = link.consumers.seat(&link.connection).await?;
+            let consumer = seat
+                .channel
                 .basic_consume(
                     queue.into(),
                     "".into(),
@@ -519,8 +533,9 @@ impl RabbitBroker {
                 .await?;
             Ok(RabbitDeliveries {
                 consumer,
-                channel,
-                auto_ack: false,
+                channel: seat.channel.clone(),
+                closed: seat.closed.clone(),
+                seat: Some(seat),
             })
         };
         match bounded(result).await? {
@@ -530,18 +545,25 @@ impl RabbitBroker {
     }
 }
 
-/// A consumer on its own channel; dropping it closes the channel, which requeues unacked messages.
+/// A consumer: of a room's queue on a shared channel (with a seat), or of the cluster events on a
+/// channel of its own (no seat; the broker counts each delivery acknowledged as it sends it).
 struct RabbitDeliveries {
     consumer: Consumer,
     channel: Channel,
-    /// The broker considers each delivery acknowledged as it sends it (cluster events).
-    auto_ack: bool,
+    /// Fires when the broker closed the channel.
+    closed: CancellationToken,
+    seat: Option<Seat>,
 }
 
 #[async_trait]
 impl DeliveryStream for RabbitDeliveries {
     fn is_open(&self) -> bool {
-        self.channel.status().connected()
+        self.channel.status().connected() && !self.closed.is_cancelled()
+    }
+
+    fn closed(&self) -> BoxFuture<'static, ()> {
+        let closed = self.closed.clone();
+        Box::pin(async move { closed.cancelled().await })
     }
 
     async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
@@ -549,7 +571,7 @@ impl DeliveryStream for RabbitDeliveries {
             Ok(delivery) => delivery,
             Err(e) => return Some(Err(BrokerError::Unavailable(e.to_string()))),
         };
-        let acker: Box<dyn Acknowledge> = if self.auto_ack {
+        let acker: Box<dyn Acknowledge> = if self.seat.is_none() {
             Box::new(super::AlreadyAcked)
         } else {
             Box::new(RabbitAcker(delivery.acker))
@@ -563,16 +585,48 @@ impl DeliveryStream for RabbitDeliveries {
 }
 
 impl Drop for RabbitDeliveries {
+    /// A room's consumer cancels itself and gives back what the broker had sent it and it had not
+    /// taken yet (its neighbours keep the channel); the events' consumer closes its channel.
     fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let channel = self.channel.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let Some(seat) = self.seat.take() else {
             runtime.spawn(async move {
                 let _ = channel.close(200, "consumer stopped".into()).await;
             });
-        }
+            return;
+        };
+        let mut consumer = self.consumer.clone();
+        runtime.spawn(async move {
+            if !channel.status().connected() {
+                return;
+            }
+            let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+            if !matches!(bounded(cancel).await, Ok(Ok(()))) {
+                return;
+            }
+            while let Ok(Some(Ok(delivery))) =
+                tokio::time::timeout(OPERATION_TIMEOUT, consumer.next()).await
+            {
+                let _ = bounded(delivery.acker.nack(requeue())).await;
+            }
+            drop(seat);
+        });
     }
 }
 
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    }
+}
+
+/// Settles one delivery. One dropped unsettled (its batch was abandoned) goes back to the queue
+/// at once, so that the room's next active consumer gets it without waiting for this channel to
+/// close.
 struct RabbitAcker(lapin::Acker);
 
 #[async_trait]
@@ -589,5 +643,19 @@ impl Acknowledge for RabbitAcker {
             .await?
             .map(|_| ())
             .map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+}
+
+impl Drop for RabbitAcker {
+    fn drop(&mut self) {
+        if !self.0.usable() {
+            return;
+        }
+        let acker = self.0.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = bounded(acker.nack(requeue())).await;
+            });
+        }
     }
 }

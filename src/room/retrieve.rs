@@ -40,8 +40,6 @@ use crate::store::{InsertStop, Store};
 
 /// Most deliveries handled as one batch.
 pub const MAX_BATCH: usize = 256;
-/// How often an idle consumer checks that its subscription is still open.
-const LIVENESS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where a room's consumer reports each stored batch (the service publishes it as a cluster
 /// event and feeds its own caches, live feeds and waiting senders) and how it is doing.
@@ -80,6 +78,9 @@ pub struct RoomConsumer {
     pub store: Arc<dyn Store>,
     /// Who hears about stored batches.
     pub announce: Arc<dyn Announce>,
+    /// The metadata of a room this instance has just created, topology declared: the first
+    /// subscription takes it instead of reading the store and declaring again.
+    pub created: std::sync::Mutex<Option<RoomMeta>>,
 }
 
 /// How a subscription ended.
@@ -152,10 +153,21 @@ impl RoomConsumer {
     /// The room's stored metadata, its topology declared, and a subscription; `None` if the room
     /// no longer exists.
     async fn subscribe(&self) -> Result<Option<(Box<dyn DeliveryStream>, RoomMeta)>, RoomError> {
-        let Some(meta) = self.store.load_room(&self.room).await? else {
-            return Ok(None);
+        let created = self
+            .created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let meta = match created {
+            Some(meta) => meta,
+            None => {
+                let Some(meta) = self.store.load_room(&self.room).await? else {
+                    return Ok(None);
+                };
+                declare_topology(self.broker.as_ref(), &meta).await?;
+                meta
+            }
         };
-        declare_topology(self.broker.as_ref(), &meta).await?;
         let stream = self.broker.consume(&self.room).await?;
         Ok(Some((stream, meta)))
     }
@@ -167,14 +179,12 @@ impl RoomConsumer {
         mut numbering: Numbering,
         shutdown: &CancellationToken,
     ) -> Ended {
+        let mut closed = stream.closed();
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Stop,
                 next = stream.next() => next,
-                _ = tokio::time::sleep(LIVENESS_CHECK) => {
-                    if stream.is_open() {
-                        continue;
-                    }
+                _ = &mut closed => {
                     tracing::warn!(room = %self.room, "subscription closed silently");
                     return Ended::Resubscribe;
                 }

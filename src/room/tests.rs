@@ -572,6 +572,7 @@ async fn the_consumer_numbers_stores_and_announces_messages_once() {
         broker: b.broker.clone(),
         store: b.store.clone(),
         announce: heard.clone(),
+        created: Default::default(),
     };
     let task = tokio::spawn(retrieve::retrieve_messages(consumer, shutdown.clone()));
 
@@ -650,6 +651,7 @@ async fn a_consumer_behind_another_numberer_renumbers_after_the_stored_last() {
         broker: b.broker.clone(),
         store: b.store.clone(),
         announce: heard.clone(),
+        created: Default::default(),
     };
     let task = tokio::spawn(retrieve::retrieve_messages(consumer, shutdown.clone()));
     room.send_message("first".into(), props(&room))
@@ -713,6 +715,7 @@ async fn copies_of_a_stored_message_in_one_batch_all_read_as_the_stored_copy() {
         broker: b.broker.clone(),
         store: b.store.clone(),
         announce: heard.clone(),
+        created: Default::default(),
     };
     let task = tokio::spawn(retrieve::retrieve_messages(consumer, shutdown.clone()));
     eventually("the batch announced", || heard.texts().len() == 3).await;

@@ -1,55 +1,96 @@
-//! Which rooms this instance cannot store right now (their consumer cannot subscribe, or cannot
-//! write to the store), for `/readyz`: a room's messages wait in its queue until it recovers.
+//! How this instance's room consumers are doing, for `/readyz` and `/metrics`: a room whose
+//! consumer is not subscribed (still starting, or failing to subscribe or to store) has its
+//! messages wait in its queue until it recovers.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::metrics as m;
 use crate::model::RoomName;
 use crate::room::retrieve::Health;
 
-/// How long a consumer may fail before its room counts as not stored (a resubscription after a
-/// cancel, or one failed write, is not worth reporting).
+/// How long a consumer may be starting or failing before its room counts as not stored (a
+/// resubscription after a cancel, or one failed write, is not worth reporting).
 pub(super) const STALL_GRACE: Duration = Duration::from_secs(2);
 
-/// Failing consumers, since when and why. A std mutex: every section is short and sync.
+/// Why a room is not consumed, and since when.
+struct NotConsuming {
+    since: Instant,
+    why: String,
+}
+
+/// Every room with a consumer on this instance; those not subscribed with since when and why.
+/// A std mutex: every section is short and sync.
 #[derive(Default)]
 pub(super) struct RoomHealth {
-    failing: Mutex<HashMap<RoomName, (Instant, String)>>,
+    rooms: Mutex<HashMap<RoomName, Option<NotConsuming>>>,
 }
 
 impl RoomHealth {
-    fn failing(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, (Instant, String)>> {
-        self.failing.lock().unwrap_or_else(|e| e.into_inner())
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Option<NotConsuming>>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A consumer for `room` is starting: the room counts as not consumed until it subscribes.
+    pub fn starting(&self, room: &RoomName) {
+        let mut rooms = self.rooms();
+        rooms.entry(room.clone()).or_insert_with(|| {
+            Some(NotConsuming {
+                since: Instant::now(),
+                why: "its consumer is starting".into(),
+            })
+        });
+        publish(&rooms);
     }
 
     /// A consumer's news.
     pub fn report(&self, room: &RoomName, health: Health) {
-        let mut failing = self.failing();
+        let mut rooms = self.rooms();
         match health {
-            Health::Consuming | Health::Stopped => {
-                failing.remove(room);
+            Health::Consuming => {
+                rooms.insert(room.clone(), None);
+            }
+            Health::Stopped => {
+                rooms.remove(room);
             }
             Health::Failing(why) => {
-                let entry = failing
-                    .entry(room.clone())
-                    .or_insert_with(|| (Instant::now(), String::new()));
-                entry.1 = why;
+                let state = rooms.entry(room.clone()).or_insert(None);
+                match state {
+                    Some(not) => not.why = why,
+                    None => {
+                        *state = Some(NotConsuming {
+                            since: Instant::now(),
+                            why,
+                        })
+                    }
+                }
             }
         }
+        publish(&rooms);
     }
 
-    /// The rooms whose consumer has failed for at least `grace`, in name order, with why.
+    /// The rooms whose consumer has not been consuming for at least `grace`, in name order, with
+    /// why.
     pub fn stalled(&self, grace: Duration) -> Vec<(RoomName, String)> {
         let mut stalled: Vec<(RoomName, String)> = self
-            .failing()
+            .rooms()
             .iter()
-            .filter(|(_, (since, _))| since.elapsed() >= grace)
-            .map(|(room, (_, why))| (room.clone(), why.clone()))
+            .filter_map(|(room, state)| {
+                let not = state.as_ref()?;
+                (not.since.elapsed() >= grace).then(|| (room.clone(), not.why.clone()))
+            })
             .collect();
         stalled.sort();
         stalled
     }
+}
+
+/// Sets the rooms gauges (known, consuming).
+fn publish(rooms: &HashMap<RoomName, Option<NotConsuming>>) {
+    let consuming = rooms.values().filter(|state| state.is_none()).count();
+    metrics::gauge!(m::ROOMS_KNOWN).set(rooms.len() as f64);
+    metrics::gauge!(m::ROOMS_CONSUMING).set(consuming as f64);
 }
 
 #[cfg(test)]
@@ -71,6 +112,21 @@ mod tests {
             [(room.clone(), "cannot store".to_string())]
         );
         health.report(&room, Health::Consuming);
+        assert!(health.stalled(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_starting_consumer_counts_until_it_subscribes_and_a_stopped_one_not_at_all() {
+        let health = RoomHealth::default();
+        let (a, b) = (RoomName::new("a").unwrap(), RoomName::new("b").unwrap());
+        health.starting(&a);
+        health.starting(&b);
+        assert_eq!(health.stalled(Duration::ZERO).len(), 2);
+        health.report(&a, Health::Consuming);
+        health.report(&b, Health::Stopped);
+        assert!(health.stalled(Duration::ZERO).is_empty());
+        // A consumer restarting keeps its state until it reports.
+        health.starting(&a);
         assert!(health.stalled(Duration::ZERO).is_empty());
     }
 }

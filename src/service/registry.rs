@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::ChatService;
 use super::error::ChatError;
 use super::events::Announcer;
-use crate::model::{Alias, RoomName};
+use crate::model::{Alias, RoomMeta, RoomName};
 use crate::room::ChatRoom;
 use crate::room::retrieve::{RoomConsumer, retrieve_messages};
 
@@ -85,6 +85,25 @@ impl ChatService {
 
     /// Starts the room's consumer on this instance, unless it runs already.
     pub(super) fn ensure_consumer(&self, name: &RoomName) {
+        self.start_consumer(name, None);
+    }
+
+    /// Takes a room this instance has just created (stored, topology declared) without reading
+    /// it back: an empty cache, and a consumer that starts from what was made.
+    pub(super) fn adopt(&self, meta: RoomMeta) -> ChatRoom {
+        let name = meta.name.clone();
+        let room = ChatRoom::from_meta(
+            meta.clone(),
+            self.inner.broker.clone(),
+            self.inner.store.clone(),
+            self.inner.config.cache_capacity,
+        );
+        let room = self.inner.rooms.add_or_get(room);
+        self.start_consumer(&name, Some(meta));
+        room
+    }
+
+    fn start_consumer(&self, name: &RoomName, created: Option<RoomMeta>) {
         let inner = &self.inner;
         let token = inner.shutdown.child_token();
         let run = inner.consumer_runs.fetch_add(1, Ordering::Relaxed);
@@ -95,11 +114,13 @@ impl ChatService {
             }
             consumers.insert(name.clone(), (run, token.clone()));
         }
+        inner.health.starting(name);
         let consumer = RoomConsumer {
             room: name.clone(),
             broker: inner.broker.clone(),
             store: inner.store.clone(),
             announce: Announcer::new(inner),
+            created: std::sync::Mutex::new(created),
         };
         let service = self.clone();
         let name = name.clone();

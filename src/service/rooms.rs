@@ -16,6 +16,14 @@ pub enum Creation {
     Existing(RoomMeta),
 }
 
+/// What the creation itself made.
+enum Made {
+    /// A new room, taken by this instance.
+    New(ChatRoom),
+    /// A room of that name was there already.
+    Existing(RoomMeta),
+}
+
 impl ChatService {
     /// Creates the room named by a first send. If another send (on any instance) created it
     /// meanwhile, that room is the one used.
@@ -36,9 +44,13 @@ impl ChatService {
                 ))
             })?)
         };
-        self.create(&request.room_name, group_room, &request.from_alias, other)
-            .await?;
-        self.room(&request.room_name).await
+        match self
+            .create(&request.room_name, group_room, &request.from_alias, other)
+            .await?
+        {
+            Made::New(room) => Ok(room),
+            Made::Existing(_) => self.room(&request.room_name).await,
+        }
     }
 
     /// Creates a room owned by `owner` (a private room with `other`, a group room without). If
@@ -52,8 +64,8 @@ impl ChatService {
         other: Option<Alias>,
     ) -> Result<Creation, ChatError> {
         match self.create(name, group_room, owner, other.clone()).await? {
-            Created::New => Ok(Creation::Created(self.room(name).await?.meta())),
-            Created::Existing(meta) => {
+            Made::New(room) => Ok(Creation::Created(room.meta())),
+            Made::Existing(meta) => {
                 let mut asked: Vec<&Alias> = [Some(owner), other.as_ref()]
                     .into_iter()
                     .flatten()
@@ -89,7 +101,7 @@ impl ChatService {
         group_room: bool,
         owner: &Alias,
         other: Option<Alias>,
-    ) -> Result<Created, ChatError> {
+    ) -> Result<Made, ChatError> {
         match (&other, group_room) {
             (None, false) => {
                 return Err(ChatError::BadRequest(format!(
@@ -126,7 +138,7 @@ impl ChatService {
             Created::Existing(existing) => Some(existing),
         };
         if let Some(existing) = existing {
-            return Ok(Created::Existing(existing));
+            return Ok(Made::Existing(existing));
         }
         let broker = self.inner.broker.as_ref();
         let ready = async {
@@ -146,10 +158,11 @@ impl ChatService {
             }
             return Err(e);
         }
+        let room = self.adopt(meta);
         self.announce(ClusterEvent::RoomCreated { room: name.clone() })
             .await;
         tracing::info!(room = %name, group_room, "room created");
-        Ok(Created::New)
+        Ok(Made::New(room))
     }
 
     /// Deletes a room (its owner only): its metadata and history, then its entry in the room

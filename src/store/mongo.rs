@@ -34,8 +34,13 @@ use crate::model::{
     RoomName, UserRecord,
 };
 
-/// Collection holding the room lists' metadata.
+/// Collection holding the room lists' metadata (earlier versions also kept each list's rooms
+/// there, in one growing array: still read, no longer written).
 pub const ROOM_LIST_COLLECTION: &str = "_room_list";
+/// Collection holding the rooms of the room lists, one document per room (`{_id: room, list,
+/// added}`): adding a room is one small insert, however many rooms there are (an update of one
+/// shared array slowed to 26 rooms/s at 2,500 rooms).
+pub const LISTED_ROOMS_COLLECTION: &str = "_room_list_rooms";
 /// Collection holding registered users (alias and token hash).
 pub const USERS_COLLECTION: &str = "_users";
 /// Collection holding, per alias, the rooms it was added to (`{_id: alias, rooms: [...]}`).
@@ -68,12 +73,28 @@ pub struct MongoStore {
     db: Database,
     /// Rooms whose indexes this process has already ensured. A std mutex: never held across await.
     indexed: Mutex<HashSet<RoomName>>,
+    /// Room lists whose own document this process has seen (written once, not per room).
+    lists: Mutex<HashSet<String>>,
 }
 
 impl From<mongodb::error::Error> for StoreError {
     fn from(e: mongodb::error::Error) -> Self {
         StoreError::Unavailable(e.to_string())
     }
+}
+
+/// The unique index on a room's sequence numbers: no two messages of a room hold one number.
+fn sequence_index() -> IndexModel {
+    IndexModel::builder()
+        .keys(doc! { SEQ: 1 })
+        .options(
+            IndexOptions::builder()
+                .name(SEQ_INDEX.to_string())
+                .unique(true)
+                .sparse(true)
+                .build(),
+        )
+        .build()
 }
 
 /// Checks a database name against MongoDB's rules (and our stricter alphabet).
@@ -104,6 +125,7 @@ impl MongoStore {
         Ok(Self {
             db: client.database(db_name),
             indexed: Mutex::new(HashSet::new()),
+            lists: Mutex::new(HashSet::new()),
         })
     }
 
@@ -135,6 +157,22 @@ impl MongoStore {
         self.db.collection(room.as_str())
     }
 
+    /// Lists `room` in `list` (one document of its own; idempotent).
+    async fn list_room(
+        &self,
+        list: &str,
+        room: &RoomName,
+        added: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let update = doc! { "$setOnInsert": { "list": list, "added": date(added) } };
+        self.db
+            .collection::<Document>(LISTED_ROOMS_COLLECTION)
+            .update_one(doc! { "_id": room.as_str() }, update)
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
     async fn ensure_indexes(&self, room: &RoomName) -> Result<(), StoreError> {
         let done = |set: &HashSet<RoomName>| set.contains(room);
         if done(&self.indexed.lock().unwrap_or_else(|e| e.into_inner())) {
@@ -150,17 +188,7 @@ impl MongoStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        let by_seq = IndexModel::builder()
-            .keys(doc! { SEQ: 1 })
-            .options(
-                IndexOptions::builder()
-                    .name(SEQ_INDEX.to_string())
-                    .unique(true)
-                    .sparse(true)
-                    .build(),
-            )
-            .build();
-        collection.create_index(by_seq).await?;
+        collection.create_index(sequence_index()).await?;
         self.indexed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -430,13 +458,15 @@ impl Store for MongoStore {
         let update = doc! {
             "$setOnInsert": { "name": &meta.name, "create_time": date(meta.create_time) },
             "$max": { "modify_time": date(meta.modify_time) },
-            "$addToSet": { "rooms": { "$each": names_to_bson(&meta.rooms) } },
         };
         self.db
             .collection::<Document>(ROOM_LIST_COLLECTION)
             .update_one(doc! { "_id": &meta.name }, update)
             .upsert(true)
             .await?;
+        for room in &meta.rooms {
+            self.list_room(&meta.name, room, meta.modify_time).await?;
+        }
         Ok(())
     }
 
@@ -447,47 +477,87 @@ impl Store for MongoStore {
             .find_one(doc! { "_id": name })
             .await?;
         let Some(d) = found else { return Ok(None) };
-        let mut rooms: Vec<RoomName> = names_from_doc(&d, "rooms")?;
+        let mut rooms: Vec<RoomName> = if d.contains_key("rooms") {
+            names_from_doc(&d, "rooms")?
+        } else {
+            Vec::new()
+        };
+        let mut modify_time = from_date(*d.get_datetime("modify_time").map_err(malformed)?)?;
+        use futures_util::TryStreamExt;
+        let mut listed = self
+            .db
+            .collection::<Document>(LISTED_ROOMS_COLLECTION)
+            .find(doc! { "list": name })
+            .await?;
+        while let Some(entry) = listed.try_next().await? {
+            rooms.push(
+                entry
+                    .get_str("_id")
+                    .map_err(malformed)?
+                    .parse()
+                    .map_err(malformed)?,
+            );
+            let added = from_date(*entry.get_datetime("added").map_err(malformed)?)?;
+            modify_time = modify_time.max(added);
+        }
         rooms.sort();
+        rooms.dedup();
         Ok(Some(RoomListMeta {
             name: d.get_str("name").map_err(malformed)?.to_string(),
             rooms,
             create_time: from_date(*d.get_datetime("create_time").map_err(malformed)?)?,
-            modify_time: from_date(*d.get_datetime("modify_time").map_err(malformed)?)?,
+            modify_time,
         }))
     }
 
     async fn add_to_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
-        let now = date(crate::model::now());
-        let update = doc! {
-            "$setOnInsert": { "name": list, "create_time": now },
-            "$set": { "modify_time": now },
-            "$addToSet": { "rooms": room.as_str() },
-        };
-        self.db
-            .collection::<Document>(ROOM_LIST_COLLECTION)
-            .update_one(doc! { "_id": list }, update)
-            .upsert(true)
-            .await?;
-        Ok(())
+        let now = crate::model::now();
+        // The list's own document is written once, not on every room.
+        let known = |lists: &HashSet<String>| lists.contains(list);
+        if !known(&self.lists.lock().unwrap_or_else(|e| e.into_inner())) {
+            let update = doc! {
+                "$setOnInsert": { "name": list, "create_time": date(now), "modify_time": date(now) },
+            };
+            self.db
+                .collection::<Document>(ROOM_LIST_COLLECTION)
+                .update_one(doc! { "_id": list }, update)
+                .upsert(true)
+                .await?;
+            self.lists
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(list.to_string());
+        }
+        self.list_room(list, room, now).await
     }
 
     async fn remove_from_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
+        self.db
+            .collection::<Document>(LISTED_ROOMS_COLLECTION)
+            .delete_one(doc! { "_id": room.as_str(), "list": list })
+            .await?;
+        // A room listed by an earlier version sits in the list's array.
         let update = doc! {
             "$set": { "modify_time": date(crate::model::now()) },
             "$pull": { "rooms": room.as_str() },
         };
         self.db
             .collection::<Document>(ROOM_LIST_COLLECTION)
-            .update_one(doc! { "_id": list }, update)
+            .update_one(doc! { "_id": list, "rooms": room.as_str() }, update)
             .await?;
         Ok(())
     }
 
     async fn create_room(&self, meta: &RoomMeta) -> Result<Created, StoreError> {
-        self.ensure_indexes(&meta.name).await?;
+        // A new room's collection has no index of an earlier version to drop (an existing one
+        // has its indexes seen to on first use), so only the sequence index is made here.
+        self.room(&meta.name).create_index(sequence_index()).await?;
         match self.room(&meta.name).insert_one(meta_to_doc(meta)).await {
             Ok(_) => {
+                self.indexed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(meta.name.clone());
                 if let Err(e) = self.index_members(&meta.name, &meta.members).await {
                     // Undone, so that a failed creation leaves no room behind.
                     let _ = self
