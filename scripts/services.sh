@@ -15,6 +15,9 @@ MONGO_DATA="$SERVICES_DIR/data-$MONGO_PORT"
 MONGO_LOG="$SERVICES_DIR/secantusd-$MONGO_PORT.log"
 MONGO_PID="$SERVICES_DIR/secantusd-$MONGO_PORT.pid"
 WAIT_SECS=60
+# Open files RabbitMQ needs: a durable queue can hold a few (index, journal), and Debian's default
+# of 1,024 let a broker with 2,500 queues take over 10 minutes to restart. README "Operations".
+RABBIT_NOFILE_MIN=65536
 
 AMQP_URL="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
 MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT/?retryWrites=false&directConnection=true"
@@ -35,10 +38,50 @@ apt_install() {
 # ---------------------------------------------------------------- RabbitMQ
 rabbit_ping() { timeout 20 rabbitmqctl -q ping >/dev/null 2>&1; }
 
+# The running RabbitMQ node's soft open-files limit (empty if it cannot be read).
+rabbit_nofile() {
+    local pid
+    pid=$(pgrep -o -f 'beam.smp.*rabbit' 2>/dev/null) || return 0
+    awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null || true
+}
+
+# Raises this shell's open-files limit (inherited by a RabbitMQ started from it).
+raise_nofile() {
+    local hard
+    hard=$(ulimit -Hn)
+    if [ "$hard" = unlimited ] || [ "$hard" -ge "$RABBIT_NOFILE_MIN" ]; then
+        ulimit -n "$RABBIT_NOFILE_MIN" 2>/dev/null || ulimit -n "$hard"
+    else
+        ulimit -n "$hard"
+    fi
+    # For a node started by the init system, Debian's wrapper reads this file.
+    if [ -w /etc/default ] && ! grep -qs '^ulimit -n' /etc/default/rabbitmq-server; then
+        echo "ulimit -n $RABBIT_NOFILE_MIN" >>/etc/default/rabbitmq-server
+    fi
+}
+
 ensure_rabbitmq() {
     if port_open "$AMQP_PORT"; then
-        log "rabbitmq: already listening on 127.0.0.1:$AMQP_PORT"
-        return
+        local nofile queues
+        nofile=$(rabbit_nofile)
+        if [ -z "$nofile" ] || [ "$nofile" -ge "$RABBIT_NOFILE_MIN" ]; then
+            log "rabbitmq: already listening on 127.0.0.1:$AMQP_PORT (open files: ${nofile:-unknown})"
+            return
+        fi
+        queues=$(timeout 30 rabbitmqctl -q list_queues --no-table-headers name 2>/dev/null | wc -l)
+        if [ "$queues" -ne 0 ]; then
+            log "rabbitmq: WARNING: running with $nofile open files (< $RABBIT_NOFILE_MIN) and $queues queues; left as it is: restart it with scripts/services.sh once it holds none (rabbitmqctl stop first)"
+            return
+        fi
+        # An empty broker started with too few open files (Debian's default 1,024): restarted
+        # once with enough. One holding queues is left alone (warned about above).
+        log "rabbitmq: running with $nofile open files (< $RABBIT_NOFILE_MIN) and no queues -> restarting it with more"
+        timeout 60 rabbitmqctl -q stop >&2 || die "rabbitmqctl stop failed"
+        local deadline=$((SECONDS + WAIT_SECS))
+        while port_open "$AMQP_PORT"; do
+            [ "$SECONDS" -lt "$deadline" ] || die "rabbitmq did not stop within ${WAIT_SECS}s"
+            sleep 1
+        done
     fi
     if ! command -v rabbitmq-server >/dev/null 2>&1; then
         # Loopback-only config before the package exists, so even a start by
@@ -53,12 +96,13 @@ EOF
         [ -e /etc/rabbitmq/rabbitmq.conf ] || echo "listeners.tcp.local = 127.0.0.1:$AMQP_PORT" >/etc/rabbitmq/rabbitmq.conf
         apt_install rabbitmq-server
     fi
+    raise_nofile
     if rabbit_ping; then
         # Node is up but the app was stopped (e.g. `rabbitmqctl stop_app`).
         log "rabbitmq: node up, app stopped -> rabbitmqctl start_app"
         timeout 60 rabbitmqctl -q start_app >&2 || die "rabbitmqctl start_app failed"
-    elif ! port_open "$AMQP_PORT"; then
-        log "rabbitmq: starting rabbitmq-server -detached (loopback)"
+    else
+        log "rabbitmq: starting rabbitmq-server -detached (loopback, $(ulimit -n) open files)"
         RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$AMQP_PORT" \
             ERL_EPMD_ADDRESS=127.0.0.1 rabbitmq-server -detached >&2 \
             || die "rabbitmq-server -detached failed (see /var/log/rabbitmq/)"
@@ -69,7 +113,7 @@ EOF
         sleep 1
     done
     timeout "$WAIT_SECS" rabbitmqctl -q await_startup >&2 || die "rabbitmqctl await_startup failed"
-    log "rabbitmq: up on 127.0.0.1:$AMQP_PORT"
+    log "rabbitmq: up on 127.0.0.1:$AMQP_PORT (open files: $(rabbit_nofile))"
 }
 
 # -------------------------------------------------------------- SecantusDB

@@ -1,0 +1,171 @@
+//! Many rooms on one instance: more rooms than RabbitMQ allows channels on a connection (2,047),
+//! each answered "stored"; the consumers share channels; after a restart the instance is ready
+//! within 10 s and serves a room meanwhile. On both back ends, one after the other (the gauges
+//! of `/metrics` are the process's own).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestServer, alias, room};
+use futures_util::StreamExt;
+use mess_chat::model::{Alias, RoomName};
+
+/// Past RabbitMQ's default of 2,047 channels per connection: with a channel per room, every room
+/// from the 2,047th on was never stored.
+const ROOMS: usize = 2_200;
+/// Sends in flight at once.
+const CONCURRENCY: usize = 32;
+/// How long a restarted instance may take to be ready.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// One back end at a time: both read the process's gauges.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_every_one_of_many_rooms_is_stored_and_ready_soon_after_a_restart() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    every_one_of_many_rooms_is_stored_and_ready_soon_after_a_restart(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_every_one_of_many_rooms_is_stored_and_ready_soon_after_a_restart() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    every_one_of_many_rooms_is_stored_and_ready_soon_after_a_restart(Backend::Real).await;
+}
+
+/// Sends `text` to every room (creating those that do not exist), `CONCURRENCY` at a time, and
+/// returns each answer's status with its room.
+async fn send_to_all(
+    t: &TestServer,
+    rooms: &[RoomName],
+    from: &Alias,
+    text: &str,
+) -> Vec<(RoomName, u16)> {
+    let http = reqwest::Client::new();
+    futures_util::stream::iter(rooms.iter().cloned())
+        .map(|r| {
+            let url = common::load::send_url(t.client.base(), &r, from.as_str(), text);
+            let http = http.clone();
+            async move {
+                let status = http.get(url).send().await.unwrap().status().as_u16();
+                (r, status)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
+}
+
+fn refused(answers: &[(RoomName, u16)]) -> Vec<&(RoomName, u16)> {
+    answers
+        .iter()
+        .filter(|(_, status)| *status != 200)
+        .collect()
+}
+
+/// A gauge's value in `/metrics`.
+async fn gauge(t: &TestServer, name: &str) -> f64 {
+    let text = reqwest::get(t.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+async fn every_one_of_many_rooms_is_stored_and_ready_soon_after_a_restart(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let owner = alias("owner");
+    let rooms: Vec<RoomName> = (0..ROOMS).map(|_| room("many")).collect();
+
+    let created = Instant::now();
+    let first = send_to_all(&t, &rooms, &owner, "first").await;
+    let created = created.elapsed();
+    assert!(
+        refused(&first).is_empty(),
+        "{:?}",
+        &refused(&first)[..5.min(refused(&first).len())]
+    );
+    let second = send_to_all(&t, &rooms, &owner, "second").await;
+    assert!(
+        refused(&second).is_empty(),
+        "{:?}",
+        &refused(&second)[..5.min(refused(&second).len())]
+    );
+    eprintln!(
+        "{backend:?}: {ROOMS} rooms created by a first send in {created:?} ({:.0} rooms/s)",
+        ROOMS as f64 / created.as_secs_f64()
+    );
+    let ready = reqwest::get(t.url("/readyz")).await.unwrap();
+    assert_eq!(
+        ready.status().as_u16(),
+        200,
+        "{}",
+        ready.text().await.unwrap()
+    );
+    assert!(gauge(&t, "mess_chat_rooms_consuming").await >= ROOMS as f64);
+    if backend == Backend::Real {
+        // Consumers share channels: a channel each would be past the broker's limit.
+        let channels = gauge(&t, "mess_chat_broker_consumer_channels").await;
+        assert!(
+            channels >= 1.0 && channels <= (ROOMS / 32) as f64,
+            "{channels} consumer channels for {ROOMS} rooms"
+        );
+    }
+
+    // A restart: the instance serves a room at once and is ready within 10 s.
+    let restarted = Instant::now();
+    t.restart().await;
+    let last = rooms.last().unwrap();
+    let third = send_to_all(&t, std::slice::from_ref(last), &owner, "third").await;
+    assert_eq!(third[0].1, 200, "a send during start-up");
+    loop {
+        let ready = reqwest::get(t.url("/readyz")).await.unwrap();
+        if ready.status().as_u16() == 200 {
+            break;
+        }
+        let body: serde_json::Value = ready.json().await.unwrap();
+        assert!(
+            restarted.elapsed() < READY_WITHIN,
+            "not ready {:?} after a restart with {ROOMS} rooms: {body}",
+            restarted.elapsed()
+        );
+        assert!(
+            body["rooms_not_stored_count"].as_u64().unwrap() <= ROOMS as u64,
+            "{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "{backend:?}: ready {:?} after a restart",
+        restarted.elapsed()
+    );
+
+    // Every room holds its two messages (the last one three), in order.
+    let http = reqwest::Client::new();
+    let histories: Vec<(RoomName, Vec<String>)> = futures_util::stream::iter(rooms.iter().cloned())
+        .map(|r| {
+            let url = t.url(&format!("/messages/?room_name={r}"));
+            let http = http.clone();
+            async move {
+                let texts = http.get(url).send().await.unwrap().json().await.unwrap();
+                (r, texts)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    for (r, texts) in histories {
+        let want: &[&str] = if &r == last {
+            &["first", "second", "third"]
+        } else {
+            &["first", "second"]
+        };
+        assert_eq!(texts, want, "{r}");
+    }
+    t.cleanup().await;
+}
