@@ -6,7 +6,8 @@
 //! sent_time, rec_time, sequence_number, id}}`, `_id` being the message id, with a unique index on
 //! `mess_props.sequence_number` (so a stale numberer's write fails instead of storing a duplicate
 //! number); a `_room_list` collection with one document per room list; a `_memberships`
-//! collection, one document per alias naming the rooms it was added to; and a `_users`
+//! collection, one document per alias naming the rooms it was added to and those it owns (the
+//! count of rooms owned is one lookup); and a `_users`
 //! collection, one document per registered alias. Room names cannot start with `_`, so no room
 //! can collide with these.
 //!
@@ -38,7 +39,8 @@ use crate::model::{
 pub const ROOM_LIST_COLLECTION: &str = "_room_list";
 /// Collection holding registered users (alias and token hash).
 pub const USERS_COLLECTION: &str = "_users";
-/// Collection holding, per alias, the rooms it was added to (`{_id: alias, rooms: [...]}`).
+/// Collection holding, per alias, the rooms it was added to and those it owns
+/// (`{_id: alias, rooms: [...], owned: [...]}`).
 pub const MEMBERSHIPS_COLLECTION: &str = "_memberships";
 /// Collection holding the instance-number leases (`{_id: number, holder, expires}`).
 pub const INSTANCES_COLLECTION: &str = "_instances";
@@ -216,6 +218,19 @@ impl MongoStore {
                 .upsert(true)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Records that `owner` owns `room` (upserting its membership document), for
+    /// [`Store::rooms_owned`].
+    async fn index_owner(&self, room: &RoomName, owner: &Alias) -> Result<(), StoreError> {
+        self.memberships()
+            .update_one(
+                doc! { "_id": owner.as_str() },
+                doc! { "$addToSet": { "owned": room.as_str() } },
+            )
+            .upsert(true)
+            .await?;
         Ok(())
     }
 
@@ -488,7 +503,11 @@ impl Store for MongoStore {
         self.ensure_indexes(&meta.name).await?;
         match self.room(&meta.name).insert_one(meta_to_doc(meta)).await {
             Ok(_) => {
-                if let Err(e) = self.index_members(&meta.name, &meta.members).await {
+                let indexed = async {
+                    self.index_members(&meta.name, &meta.members).await?;
+                    self.index_owner(&meta.name, &meta.owner_alias).await
+                };
+                if let Err(e) = indexed.await {
                     // Undone, so that a failed creation leaves no room behind.
                     let _ = self
                         .room(&meta.name)
@@ -528,6 +547,7 @@ impl Store for MongoStore {
             .await?;
         if result.upserted_id.is_some() {
             self.index_members(&meta.name, &meta.members).await?;
+            self.index_owner(&meta.name, &meta.owner_alias).await?;
         }
         Ok(())
     }
@@ -595,6 +615,17 @@ impl Store for MongoStore {
         Ok(rooms)
     }
 
+    async fn rooms_owned(&self, alias: &Alias) -> Result<u64, StoreError> {
+        let found = self
+            .memberships()
+            .find_one(doc! { "_id": alias.as_str() })
+            .projection(doc! { "owned": 1 })
+            .await?;
+        Ok(found
+            .and_then(|d| d.get_array("owned").ok().map(|owned| owned.len() as u64))
+            .unwrap_or(0))
+    }
+
     async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError> {
         self.room(room).drop().await?;
         self.indexed
@@ -604,8 +635,8 @@ impl Store for MongoStore {
         if let Err(e) = self
             .memberships()
             .update_many(
-                doc! { "rooms": room.as_str() },
-                doc! { "$pull": { "rooms": room.as_str() } },
+                doc! { "$or": [{ "rooms": room.as_str() }, { "owned": room.as_str() }] },
+                doc! { "$pull": { "rooms": room.as_str(), "owned": room.as_str() } },
             )
             .await
         {
