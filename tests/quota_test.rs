@@ -147,7 +147,7 @@ async fn rooms_over_the_quota_are_refused_until_one_is_deleted(backend: Backend)
     for name in &names {
         assert_eq!(create_room(&t, &token, name).await.status, 201);
     }
-    let refused = create_room(&t, &token, &room("quota").to_string()).await;
+    let refused = create_room(&t, &token, room("quota").as_str()).await;
     assert_refused(&refused, 403, "quota_exceeded");
     let message = refused.body["error"]["message"].as_str().unwrap();
     assert!(message.contains("quota is 3 rooms"), "{message}");
@@ -183,17 +183,15 @@ async fn room_creations_over_the_rate_are_answered_429(backend: Backend) {
     let t = server(backend, limits).await;
     let (_, token) = register(&t, "creator").await;
     for _ in 0..3 {
-        let created = create_room(&t, &token, &room("rate").to_string()).await;
+        let created = create_room(&t, &token, room("rate").as_str()).await;
         assert_eq!(created.status, 201, "{}", created.body);
     }
-    let refused = create_room(&t, &token, &room("rate").to_string()).await;
+    let refused = create_room(&t, &token, room("rate").as_str()).await;
     assert_refused(&refused, 429, "rate_limited");
     // Another alias has its own allowance.
     let (_, other) = register(&t, "other").await;
     assert_eq!(
-        create_room(&t, &other, &room("rate").to_string())
-            .await
-            .status,
+        create_room(&t, &other, room("rate").as_str()).await.status,
         201
     );
     t.cleanup().await;
