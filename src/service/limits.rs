@@ -138,6 +138,13 @@ impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
+    /// Takes one cell for `key`, or refuses with `RateLimited`, saying `what` (given the rate,
+    /// described) was too much.
+    fn admit(&self, key: &K, what: impl FnOnce(String) -> String) -> Result<(), ChatError> {
+        self.check(key)
+            .map_err(|wait| limited(what(self.rate.describe()), wait))
+    }
+
     fn forget_idle(&self) {
         if let Some(limiter) = &self.limiter {
             limiter.retain_recent();
@@ -204,28 +211,16 @@ impl ChatService {
     /// Refuses a send by `alias` over its rate.
     pub(super) fn check_send_rate(&self, alias: &Alias) -> Result<(), ChatError> {
         let limits = &self.inner.rate_limits.sends;
-        limits.check(alias).map_err(|wait| {
-            limited(
-                format!(
-                    "too many sends by {alias}: at most {}",
-                    limits.rate.describe()
-                ),
-                wait,
-            )
+        limits.admit(alias, |rate| {
+            format!("too many sends by {alias}: at most {rate}")
         })
     }
 
     /// Refuses a room creation by `alias` over its rate.
     pub(super) fn check_room_creation_rate(&self, alias: &Alias) -> Result<(), ChatError> {
         let limits = &self.inner.rate_limits.room_creations;
-        limits.check(alias).map_err(|wait| {
-            limited(
-                format!(
-                    "too many rooms created by {alias}: at most {}",
-                    limits.rate.describe()
-                ),
-                wait,
-            )
+        limits.admit(alias, |rate| {
+            format!("too many rooms created by {alias}: at most {rate}")
         })
     }
 
@@ -236,14 +231,8 @@ impl ChatService {
             return Ok(());
         };
         let limits = &self.inner.rate_limits.registrations;
-        limits.check(&address_key(ip)).map_err(|wait| {
-            limited(
-                format!(
-                    "too many registrations from {ip}: at most {}",
-                    limits.rate.describe()
-                ),
-                wait,
-            )
+        limits.admit(&address_key(ip), |rate| {
+            format!("too many registrations from {ip}: at most {rate}")
         })
     }
 

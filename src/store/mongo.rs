@@ -205,32 +205,36 @@ impl MongoStore {
         self.db.collection(MEMBERSHIPS_COLLECTION)
     }
 
-    /// Records that each of `aliases` was added to `room` (upserting their membership
-    /// documents). Done before the room's own change, so a failure leaves at most an index
-    /// entry naming a room the alias is not in, which readers filter out.
-    async fn index_members(&self, room: &RoomName, aliases: &[Alias]) -> Result<(), StoreError> {
-        for alias in aliases {
+    /// Records that each of `aliases` was added to `room`, and that `owner` (one of them, for a
+    /// new room) owns it, for [`Store::rooms_owned`] (upserting their membership documents).
+    /// Done before the room's own change, so a failure leaves at most an index entry naming a
+    /// room the alias is not in, which readers filter out.
+    async fn index_members(
+        &self,
+        room: &RoomName,
+        aliases: &[Alias],
+        owner: Option<&Alias>,
+    ) -> Result<(), StoreError> {
+        let mut updates: Vec<(&Alias, Document)> = aliases
+            .iter()
+            .map(|alias| match owner == Some(alias) {
+                true => (
+                    alias,
+                    doc! { "rooms": room.as_str(), "owned": room.as_str() },
+                ),
+                false => (alias, doc! { "rooms": room.as_str() }),
+            })
+            .collect();
+        // An owner who is not a member (a room saved by `persist` so) still owns it.
+        if let Some(owner) = owner.filter(|o| !aliases.contains(o)) {
+            updates.push((owner, doc! { "owned": room.as_str() }));
+        }
+        for (alias, added) in updates {
             self.memberships()
-                .update_one(
-                    doc! { "_id": alias.as_str() },
-                    doc! { "$addToSet": { "rooms": room.as_str() } },
-                )
+                .update_one(doc! { "_id": alias.as_str() }, doc! { "$addToSet": added })
                 .upsert(true)
                 .await?;
         }
-        Ok(())
-    }
-
-    /// Records that `owner` owns `room` (upserting its membership document), for
-    /// [`Store::rooms_owned`].
-    async fn index_owner(&self, room: &RoomName, owner: &Alias) -> Result<(), StoreError> {
-        self.memberships()
-            .update_one(
-                doc! { "_id": owner.as_str() },
-                doc! { "$addToSet": { "owned": room.as_str() } },
-            )
-            .upsert(true)
-            .await?;
         Ok(())
     }
 
@@ -503,11 +507,8 @@ impl Store for MongoStore {
         self.ensure_indexes(&meta.name).await?;
         match self.room(&meta.name).insert_one(meta_to_doc(meta)).await {
             Ok(_) => {
-                let indexed = async {
-                    self.index_members(&meta.name, &meta.members).await?;
-                    self.index_owner(&meta.name, &meta.owner_alias).await
-                };
-                if let Err(e) = indexed.await {
+                let owner = Some(&meta.owner_alias);
+                if let Err(e) = self.index_members(&meta.name, &meta.members, owner).await {
                     // Undone, so that a failed creation leaves no room behind.
                     let _ = self
                         .room(&meta.name)
@@ -546,8 +547,8 @@ impl Store for MongoStore {
             .upsert(true)
             .await?;
         if result.upserted_id.is_some() {
-            self.index_members(&meta.name, &meta.members).await?;
-            self.index_owner(&meta.name, &meta.owner_alias).await?;
+            let owner = Some(&meta.owner_alias);
+            self.index_members(&meta.name, &meta.members, owner).await?;
         }
         Ok(())
     }
@@ -565,7 +566,7 @@ impl Store for MongoStore {
         room: &RoomName,
         alias: &Alias,
     ) -> Result<Option<MemberChange>, StoreError> {
-        self.index_members(room, std::slice::from_ref(alias))
+        self.index_members(room, std::slice::from_ref(alias), None)
             .await?;
         let update = doc! {
             "$addToSet": { "members": alias.as_str() },
