@@ -509,10 +509,18 @@ impl Store for MongoStore {
             Ok(_) => {
                 let owner = Some(&meta.owner_alias);
                 if let Err(e) = self.index_members(&meta.name, &meta.members, owner).await {
-                    // Undone, so that a failed creation leaves no room behind.
+                    // Undone, so that a failed creation leaves no room behind, nor counts as
+                    // one its owner owns.
                     let _ = self
                         .room(&meta.name)
                         .delete_one(doc! { "_id": META_ID })
+                        .await;
+                    let _ = self
+                        .memberships()
+                        .update_one(
+                            doc! { "_id": meta.owner_alias.as_str() },
+                            doc! { "$pull": { "owned": meta.name.as_str() } },
+                        )
                         .await;
                     return Err(e);
                 }
