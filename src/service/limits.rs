@@ -2,10 +2,10 @@
 //! sends and room creations per alias and on registrations per client address, so that no single
 //! caller can exhaust the deployment.
 //!
-//! The rate limits are `governor`'s keyed GCRA limiters: each key costs a few dozen bytes while
-//! it is limited, and one task ([`ChatService::keep_limits_small`]) forgets the keys that are
-//! back to a fresh state every [`FORGET_EVERY`], so the state stays bounded by the callers of
-//! the last few seconds. They are per instance: N instances behind a load balancer allow up to
+//! The rate limits are `governor`'s keyed GCRA limiters: each key costs a few dozen bytes until
+//! its allowance is whole again, and one task ([`ChatService::keep_limits_small`]) forgets the
+//! keys that are back to a fresh state every [`FORGET_EVERY`], so the state stays bounded by the
+//! callers of the last seconds (minutes, for registrations). They are per instance: N instances behind a load balancer allow up to
 //! N times the rate. The quota is counted in the store, so it holds across instances.
 
 use std::net::IpAddr;
