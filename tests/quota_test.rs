@@ -115,8 +115,13 @@ async fn a_flood_of_sends_is_answered_429_with_retry_after_and_a_send_after_the_
     for _ in 0..12 {
         answers.push(post_message(&http, &t, &token, &r).await);
     }
+    assert!(
+        answers[..5].iter().all(|a| a.status == 201),
+        "the burst passes"
+    );
+    // Then nothing (one more at most, if the machine took 2 s for these sends).
     let sent = answers.iter().filter(|a| a.status == 201).count();
-    assert_eq!(sent, 5, "the burst passes, then nothing");
+    assert!((5..=6).contains(&sent), "{sent} of 12 sent");
     let refused = answers.last().unwrap();
     assert_refused(refused, 429, "rate_limited");
     // 30 a minute: one more every 2 s.
