@@ -22,6 +22,8 @@ use crate::service::HistoryPage;
 
 /// What a path segment may hold unescaped.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+/// Longest wait [`Client::send_retrying`] makes between two attempts.
+pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Longest wait for a WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,6 +38,15 @@ pub enum ClientError {
     Status {
         /// The HTTP status.
         status: u16,
+        /// The JSON error body.
+        body: Value,
+    },
+    /// The server answered 429: over a rate limit; the same request can succeed after
+    /// `retry_after`.
+    #[error("rate limited (retry in {} s): {body}", retry_after.as_secs())]
+    RateLimited {
+        /// The server's `Retry-After` (1 s if it sent none).
+        retry_after: Duration,
         /// The JSON error body.
         body: Value,
     },
@@ -134,7 +145,18 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let body = response.json().await.unwrap_or(Value::Null);
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(ClientError::RateLimited {
+                retry_after: Duration::from_secs(retry_after.unwrap_or(1).max(1)),
+                body,
+            });
+        }
         Err(ClientError::Status {
             status: status.as_u16(),
             body,
@@ -145,6 +167,32 @@ impl Client {
     pub async fn send(&self, params: &SendParams) -> Result<SendResponse, ClientError> {
         let response = self.get("/send/").query(params).send().await?;
         Ok(Self::check(response).await?.json().await?)
+    }
+
+    /// `GET /send/`, trying again after the server's `Retry-After` while it answers 429, at most
+    /// `attempts` times in all (each wait at most [`MAX_RATE_LIMIT_WAIT`]). The retries carry an
+    /// idempotency key (the caller's, or a new one), so they stay one message.
+    pub async fn send_retrying(
+        &self,
+        params: &SendParams,
+        attempts: u32,
+    ) -> Result<SendResponse, ClientError> {
+        let mut params = params.clone();
+        let mut attempt = 1;
+        loop {
+            match self.send(&params).await {
+                Err(ClientError::RateLimited { retry_after, body }) if attempt < attempts => {
+                    let wait = retry_after.min(MAX_RATE_LIMIT_WAIT);
+                    tracing::info!(?body, wait_s = wait.as_secs(), "rate limited; retrying");
+                    if params.idempotency_key.is_none() {
+                        params.idempotency_key = Some(uuid::Uuid::new_v4().to_string());
+                    }
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// `GET /messages/`: the room's newest messages as texts, oldest first.

@@ -8,6 +8,8 @@
 //! mongo_db = "mess_chat"
 //! cache_capacity = 1000
 //! log_format = "json"
+//! max_rooms_owned = 1000
+//! sends_per_second = 50
 //! ```
 //!
 //! Precedence: a flag, then its `MESS_CHAT_*` environment variable, then the file, then the
@@ -44,6 +46,20 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// `--log-format` (`text` or `json`).
     pub log_format: Option<String>,
+    /// `--max-rooms-owned`.
+    pub max_rooms_owned: Option<u64>,
+    /// `--sends-per-second`.
+    pub sends_per_second: Option<u32>,
+    /// `--send-burst`.
+    pub send_burst: Option<u32>,
+    /// `--room-creations-per-second`.
+    pub room_creations_per_second: Option<u32>,
+    /// `--room-creation-burst`.
+    pub room_creation_burst: Option<u32>,
+    /// `--registrations-per-minute`.
+    pub registrations_per_minute: Option<u32>,
+    /// `--registration-burst`.
+    pub registration_burst: Option<u32>,
 }
 
 /// Why the file could not be used.
@@ -120,6 +136,13 @@ mod tests {
             cache_capacity = 10
             store_wait_ms = 250
             log_format = "json"
+            max_rooms_owned = 5
+            sends_per_second = 1
+            send_burst = 2
+            room_creations_per_second = 3
+            room_creation_burst = 4
+            registrations_per_minute = 6
+            registration_burst = 7
             "#,
         )
         .unwrap();
@@ -128,6 +151,9 @@ mod tests {
         assert_eq!(file.cache_capacity, Some(10));
         assert_eq!(file.store_wait_ms, Some(250));
         assert_eq!(file.no_auth, Some(true));
+        assert_eq!(file.max_rooms_owned, Some(5));
+        assert_eq!(file.send_burst, Some(2));
+        assert_eq!(file.registration_burst, Some(7));
     }
 
     #[test]

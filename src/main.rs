@@ -15,7 +15,7 @@ use mess_chat::client::{Client, SendParams};
 use mess_chat::config::{FileConfig, redacted};
 use mess_chat::model::RoomName;
 use mess_chat::server::{Config, HttpLimits, Server};
-use mess_chat::service::ServiceConfig;
+use mess_chat::service::{Limits, Rate, ServiceConfig};
 use mess_chat::store::embedded::EmbeddedStore;
 use mess_chat::store::mongo::MongoStore;
 use mess_chat::store::{Schema, Store};
@@ -115,7 +115,35 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "MESS_CHAT_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Most rooms one alias may own at once (0: no quota); one more is refused 403.
+    #[arg(long, env = "MESS_CHAT_MAX_ROOMS_OWNED", default_value_t = SERVE.rooms_owned.unwrap_or(0))]
+    max_rooms_owned: u64,
+    /// Sends per second one alias may make on average (0: no limit); over it, 429.
+    #[arg(long, env = "MESS_CHAT_SENDS_PER_SECOND", default_value_t = SERVE.sends.count)]
+    sends_per_second: u32,
+    /// Sends one alias may make at once after a quiet while.
+    #[arg(long, env = "MESS_CHAT_SEND_BURST", default_value_t = SERVE.sends.burst)]
+    send_burst: u32,
+    /// Rooms one alias may create per second on average (0: no limit); over it, 429.
+    #[arg(long, env = "MESS_CHAT_ROOM_CREATIONS_PER_SECOND", default_value_t = SERVE.room_creations.count)]
+    room_creations_per_second: u32,
+    /// Rooms one alias may create at once after a quiet while.
+    #[arg(long, env = "MESS_CHAT_ROOM_CREATION_BURST", default_value_t = SERVE.room_creations.burst)]
+    room_creation_burst: u32,
+    /// Registrations per minute from one client address (the TCP peer's; 0: no limit); over
+    /// it, 429.
+    #[arg(long, env = "MESS_CHAT_REGISTRATIONS_PER_MINUTE", default_value_t = SERVE.registrations.count)]
+    registrations_per_minute: u32,
+    /// Registrations one client address may make at once after a quiet while.
+    #[arg(long, env = "MESS_CHAT_REGISTRATION_BURST", default_value_t = SERVE.registrations.burst)]
+    registration_burst: u32,
 }
+
+/// How many times `send` tries a message the server rate-limits.
+const SEND_ATTEMPTS: u32 = 5;
+
+/// The limits `serve` applies unless told otherwise.
+const SERVE: Limits = Limits::SERVE;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -246,11 +274,51 @@ impl ServeArgs {
         if let (Some(v), true) = (file.max_connections, unset("max_connections")) {
             self.max_connections = v;
         }
+        if let (Some(v), true) = (file.max_rooms_owned, unset("max_rooms_owned")) {
+            self.max_rooms_owned = v;
+        }
+        if let (Some(v), true) = (file.sends_per_second, unset("sends_per_second")) {
+            self.sends_per_second = v;
+        }
+        if let (Some(v), true) = (file.send_burst, unset("send_burst")) {
+            self.send_burst = v;
+        }
+        if let (Some(v), true) = (
+            file.room_creations_per_second,
+            unset("room_creations_per_second"),
+        ) {
+            self.room_creations_per_second = v;
+        }
+        if let (Some(v), true) = (file.room_creation_burst, unset("room_creation_burst")) {
+            self.room_creation_burst = v;
+        }
+        if let (Some(v), true) = (
+            file.registrations_per_minute,
+            unset("registrations_per_minute"),
+        ) {
+            self.registrations_per_minute = v;
+        }
+        if let (Some(v), true) = (file.registration_burst, unset("registration_burst")) {
+            self.registration_burst = v;
+        }
         if let (Some(v), true) = (file.log_format, unset("log_format")) {
             self.log_format = LogFormat::from_str(&v, true)
                 .map_err(|e| anyhow::anyhow!("log_format in the config file: {e}"))?;
         }
         Ok(())
+    }
+
+    /// The quota and rate limits these settings name.
+    fn limits(&self) -> Limits {
+        Limits {
+            rooms_owned: (self.max_rooms_owned > 0).then_some(self.max_rooms_owned),
+            sends: Rate::per_second(self.sends_per_second, self.send_burst),
+            room_creations: Rate::per_second(
+                self.room_creations_per_second,
+                self.room_creation_burst,
+            ),
+            registrations: Rate::per_minute(self.registrations_per_minute, self.registration_burst),
+        }
     }
 }
 
@@ -304,7 +372,8 @@ async fn main() -> anyhow::Result<()> {
                 group_room,
                 idempotency_key: args.idempotency_key,
             };
-            let sent = client.send(&params).await?;
+            // Rate-limited (429): wait as the server says and try again, the text kept.
+            let sent = client.send_retrying(&params, SEND_ATTEMPTS).await?;
             println!("{}", serde_json::to_string_pretty(&sent)?);
             Ok(())
         }
@@ -435,6 +504,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    let limits = args.limits();
     let config = Config {
         listen: args.listen,
         amqp_url: args.amqp_url,
@@ -448,6 +518,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             require_auth: !args.no_auth,
             default_room: RoomName::new(args.default_room)
                 .context("--default-room / MESS_CHAT_DEFAULT_ROOM")?,
+            limits,
         },
         http: HttpLimits {
             max_connections: args.max_connections.max(1),

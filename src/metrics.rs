@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Sends answered, by `outcome`: stored, accepted, refused (4xx) or unavailable (503).
+/// Sends answered, by `outcome`: stored, accepted, rate_limited (429), refused (other 4xx) or
+/// unavailable (503).
 pub const SENDS: &str = "mess_chat_sends_total";
 /// Time to answer a send, seconds (a stored send includes the store write).
 pub const SEND_SECONDS: &str = "mess_chat_send_duration_seconds";
@@ -35,6 +36,12 @@ pub const ROOMS_CONSUMING: &str = "mess_chat_rooms_consuming";
 pub const BROKER_CONNECTIONS: &str = "mess_chat_broker_connections";
 /// Broker channels the room consumers share (besides a connection's few channels of its own).
 pub const BROKER_CONSUMER_CHANNELS: &str = "mess_chat_broker_consumer_channels";
+/// Requests answered 429 by a rate limit (sends, room creations, registrations).
+pub const RATE_LIMITED: &str = "mess_chat_rate_limited_total";
+/// Room creations refused because the alias owns its quota of rooms.
+pub const QUOTA_EXCEEDED: &str = "mess_chat_quota_exceeded_total";
+/// Keys (aliases, client addresses) the rate limiters hold after their last clean-up.
+pub const RATE_LIMIT_KEYS: &str = "mess_chat_rate_limit_keys";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

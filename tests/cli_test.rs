@@ -148,3 +148,51 @@ async fn a_second_process_on_the_same_embedded_data_is_refused_clearly() {
     send_one(&base).await;
     first.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn rate_limits_from_the_config_file_apply_and_send_waits_out_a_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nsends_per_second = 1\nsend_burst = 1\n",
+        dir.path().join("data")
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = serve(Some(&config)).spawn().unwrap();
+    let base = base_url(&mut child).await;
+    send_one(&base).await;
+    let url = format!("{base}/send/?room_name=cfg&message=hi&from_alias=ann");
+    let refused = reqwest::get(url).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429, "one a second, bursts of 1");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+
+    // Still within the second: the CLI is refused, waits as told, and sends the text once.
+    let output = Command::new(env!("CARGO_BIN_EXE_mess-chat"))
+        .args(["send", "--server", &base, "--room", "cfg", "--from", "ann"])
+        .arg("kept text")
+        .env_remove("MESS_CHAT_TOKEN")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("send finishes")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let messages = reqwest::get(format!("{base}/messages/?room_name=cfg"))
+        .await
+        .unwrap()
+        .json::<Vec<String>>()
+        .await
+        .unwrap();
+    assert_eq!(
+        messages.iter().filter(|m| *m == "kept text").count(),
+        1,
+        "{messages:?}"
+    );
+    child.kill().await.unwrap();
+}

@@ -320,6 +320,9 @@ impl Store for FlakyStore {
     async fn rooms_of(&self, alias: &Alias) -> Result<Vec<RoomName>, StoreError> {
         self.inner.rooms_of(alias).await
     }
+    async fn rooms_owned(&self, alias: &Alias) -> Result<u64, StoreError> {
+        self.inner.rooms_owned(alias).await
+    }
     async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError> {
         self.inner.delete_room(room).await
     }

@@ -37,6 +37,7 @@ on_both_backends!(
     a_batch_insert_stops_at_the_first_stored_id,
     a_number_taken_by_another_message_is_refused,
     a_room_is_created_once,
+    rooms_owned_counts_the_rooms_an_alias_created_and_still_has,
     members_change_one_at_a_time_and_index_their_rooms,
     the_room_list_changes_one_name_at_a_time,
     instance_numbers_are_leased_to_one_holder_at_a_time,
@@ -584,6 +585,41 @@ async fn a_room_is_created_once(backend: Backend) {
             std::slice::from_ref(&room)
         );
         assert!(store.rooms_of(&alias("bob")).await.unwrap().is_empty());
+    })
+    .await
+}
+
+async fn rooms_owned_counts_the_rooms_an_alias_created_and_still_has(backend: Backend) {
+    with_store(backend, |store| async move {
+        let (ann, bob) = (alias("ann"), alias("bob"));
+        assert_eq!(store.rooms_owned(&ann).await.unwrap(), 0);
+        let (group, private, saved) = (
+            common::room("owned"),
+            common::room("owned"),
+            common::room("owned"),
+        );
+        let group_meta = room_meta(&group, true, &["ann"]);
+        store.create_room(&group_meta).await.unwrap();
+        // A second creation of the same room is not a second room.
+        store.create_room(&group_meta).await.unwrap();
+        store
+            .create_room(&room_meta(&private, false, &["ann", "bob"]))
+            .await
+            .unwrap();
+        // `persist` of a room not stored yet creates it, owned too.
+        store
+            .save_room(&room_meta(&saved, true, &["ann"]))
+            .await
+            .unwrap();
+        assert_eq!(store.rooms_owned(&ann).await.unwrap(), 3);
+        // A member is not an owner.
+        store.add_member(&group, &bob).await.unwrap();
+        assert_eq!(store.rooms_owned(&bob).await.unwrap(), 0);
+        store.delete_room(&group).await.unwrap();
+        store.delete_room(&private).await.unwrap();
+        assert_eq!(store.rooms_owned(&ann).await.unwrap(), 1);
+        store.delete_room(&saved).await.unwrap();
+        assert_eq!(store.rooms_owned(&ann).await.unwrap(), 0);
     })
     .await
 }

@@ -1,7 +1,8 @@
 //! The web page in a real browser: `tests/web/two_windows.mjs` drives two Chromium windows
 //! (playwright-core on Debian's `chromium`) against a server on the real back ends with
 //! authentication on — two aliases register, create and join a room, chat live both ways,
-//! scroll back through history and see an error as a sentence. Its screenshots are kept in
+//! scroll back through history, see an error as a sentence, and see a rate-limited message wait
+//! and go out once. Its screenshots are kept in
 //! `target/web-artifacts/`. Missing Chromium or node modules fail the test; `scripts/test.sh`
 //! installs both.
 
@@ -12,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Backend, TestServer};
-use mess_chat::service::ServiceConfig;
+use mess_chat::service::{Limits, Rate, ServiceConfig};
 
 /// Longest the browser script may run (it bounds each of its own waits to 15 s).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -51,6 +52,11 @@ async fn two_browser_windows_chat_live_through_the_page() {
     require_browser_tools(&web);
     let config = ServiceConfig {
         require_auth: true,
+        // The script spends A's bursts of 100 sends, then sees the page wait out a 429.
+        limits: Limits {
+            sends: Rate::per_minute(12, 100),
+            ..Limits::NONE
+        },
         ..ServiceConfig::default()
     };
     let t = TestServer::start_with(Backend::Real, config).await;

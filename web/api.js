@@ -1,12 +1,15 @@
 // The REST API v1 as seen from the page: one `call` that sends the token and turns every
-// failure (an `{"error": {code, message}}` body, another HTTP error, no network) into an ApiError.
+// failure (an `{"error": {code, message}}` body, another HTTP error, no network) into an ApiError
+// (with the server's Retry-After, when it sends one).
 
 /** A failed API call, with a message meant for a person. */
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfter = null) {
     super(message);
     this.status = status;
     this.code = code;
+    /** Seconds to wait before trying again (a 429's Retry-After), or null. */
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -34,8 +37,10 @@ export async function call(method, path, { token, body } = {}) {
   }
   if (!response.ok) {
     const detail = json && json.error;
+    const wait = Number.parseInt(response.headers.get('Retry-After') || '', 10);
+    const retryAfter = Number.isFinite(wait) && wait >= 0 ? Math.max(1, wait) : null;
     if (detail && typeof detail.message === 'string') {
-      throw new ApiError(response.status, detail.code || 'error', detail.message);
+      throw new ApiError(response.status, detail.code || 'error', detail.message, retryAfter);
     }
     const what = `${response.status} ${response.statusText}`.trim();
     throw new ApiError(response.status, 'http', `the server answered ${what}`);

@@ -19,6 +19,8 @@ let current = null;
 /** A send not yet acknowledged: retrying the same text reuses its idempotency key. */
 let pending = null;
 let sending = false;
+/** The countdown to resending a rate-limited message (a setTimeout id), or null. */
+let retryTimer = null;
 
 // ---- errors ----------------------------------------------------------------------------------
 
@@ -377,6 +379,7 @@ $('send-form').addEventListener('submit', async (event) => {
   const room = current;
   const text = $('text').value;
   if (!room || sending || !text.trim()) return;
+  stopRetrying();
   clearError();
   if (!pending || pending.room !== room.name || pending.text !== text) {
     pending = { room: room.name, text, key: freshKey() };
@@ -392,13 +395,46 @@ $('send-form').addEventListener('submit', async (event) => {
     }
     if (room.feed) room.feed.nudge();
   } catch (e) {
-    showError(`Could not send to “${room.name}”`, e);
+    if (e instanceof ApiError && e.status === 429) retryLater(room, text, e.retryAfter || 1);
+    else showError(`Could not send to “${room.name}”`, e);
   } finally {
     sending = false;
     $('send').disabled = current === null;
     $('text').focus();
   }
 });
+
+/**
+ * After a 429: the text stays in the box, a countdown shows, and the same message (same
+ * idempotency key) is sent again once the server's Retry-After has passed, unless the room was
+ * left or the text changed meanwhile.
+ */
+function retryLater(room, text, seconds) {
+  stopRetrying();
+  let left = seconds;
+  const tick = () => {
+    if (current !== room || $('text').value !== text) {
+      retryTimer = null;
+      clearError();
+      return;
+    }
+    if (left <= 0) {
+      retryTimer = null;
+      clearError();
+      $('send-form').requestSubmit();
+      return;
+    }
+    showError(null, `rate limited, retrying in ${left} s`);
+    left -= 1;
+    retryTimer = setTimeout(tick, 1000);
+  };
+  tick();
+}
+
+function stopRetrying() {
+  if (retryTimer !== null) clearTimeout(retryTimer);
+  retryTimer = null;
+}
 
 $('text').addEventListener('keydown', (event) => {
   if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {

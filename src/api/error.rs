@@ -1,6 +1,7 @@
 //! `ApiError`: the one error type of the HTTP layer. Every error leaves as
 //! `{"error": {"code": "...", "message": "..."}}` with the status that fits; internal errors are
-//! logged here and say little to the client.
+//! logged here and say little to the client. A rate-limited request (429) also carries a
+//! `Retry-After` header, in whole seconds.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -18,6 +19,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What was wrong, for a person.
     pub message: String,
+    /// Seconds to wait before trying again, sent as `Retry-After` (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -32,6 +35,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -55,6 +59,8 @@ impl From<ChatError> for ApiError {
             ChatError::IdempotencyKeyReused { .. } => {
                 (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
+            ChatError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
+            ChatError::QuotaExceeded(_) => (S::FORBIDDEN, "quota_exceeded"),
             ChatError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
             ChatError::Internal(_) | ChatError::Legacy(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -66,14 +72,24 @@ impl From<ChatError> for ApiError {
             ChatError::Unavailable(_) => format!("{e}; try again shortly"),
             _ => e.to_string(),
         };
-        Self::new(status, code, message)
+        let mut error = Self::new(status, code, message);
+        if let ChatError::RateLimited { retry_after, .. } = &e {
+            error.retry_after = Some(retry_after.as_secs().max(1));
+        }
+        error
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -83,6 +83,12 @@ impl Service {
                 "127.0.0.1:0",
                 "--max-connections",
                 "8192",
+                // One client registers every member and floods one room: not what the
+                // per-alias and per-address limits are for.
+                "--registrations-per-minute",
+                "0",
+                "--sends-per-second",
+                "0",
             ])
             .env("MESS_CHAT_DATA_DIR", data.path())
             .env_remove("MESS_CHAT_AMQP_URL")

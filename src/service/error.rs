@@ -75,6 +75,17 @@ pub enum ChatError {
         /// The text stored under the key (shortened).
         stored: String,
     },
+    /// The caller went over a rate limit; the same request can succeed after `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, and how long to wait.
+        message: String,
+        /// How long to wait before trying again (whole seconds, at least one).
+        retry_after: std::time::Duration,
+    },
+    /// The caller holds all a quota allows (rooms owned); waiting does not help.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The broker or the store cannot be used right now; retry later.
     #[error("{0}")]
     Unavailable(String),

@@ -17,6 +17,7 @@ mod events;
 mod health;
 mod history;
 mod ids;
+mod limits;
 mod live;
 mod peers;
 mod registry;
@@ -36,6 +37,7 @@ use uuid::Uuid;
 pub use auth::Auth;
 pub use error::ChatError;
 pub use history::{HistoryPage, MAX_SEARCH_RESULTS};
+pub use limits::{Limits, Rate};
 pub use live::{Follow, FollowEnd};
 pub use rooms::Creation;
 
@@ -69,6 +71,9 @@ pub struct ServiceConfig {
     pub require_auth: bool,
     /// The room of the seed's `/send/` and `/messages/` when they name none.
     pub default_room: RoomName,
+    /// The quota of rooms owned and the rate limits. The default has none (benches and tests
+    /// drive one alias hard); `mess-chat serve` applies [`Limits::SERVE`] unless told otherwise.
+    pub limits: Limits,
 }
 
 impl Default for ServiceConfig {
@@ -78,6 +83,7 @@ impl Default for ServiceConfig {
             store_wait: Duration::from_secs(3),
             require_auth: false,
             default_room: RoomName::new(DEFAULT_ROOM).expect("a valid room name"),
+            limits: Limits::NONE,
         }
     }
 }
@@ -177,6 +183,8 @@ pub(crate) struct Inner {
     loading: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
     /// Every task (consumers, the events listener), to wait for them on shutdown.
     tasks: TaskTracker,
+    /// The rate limiters of sends, room creations and registrations.
+    rate_limits: limits::RateLimits,
 }
 
 impl ChatService {
@@ -199,6 +207,7 @@ impl ChatService {
                 instance: Uuid::new_v4(),
                 rooms,
                 auth: Auth::new(store.clone()),
+                rate_limits: limits::RateLimits::new(&config.limits),
                 broker,
                 store,
                 config,
@@ -222,6 +231,10 @@ impl ChatService {
             .clone()
             .keep_alive(service.inner.shutdown.child_token());
         service.inner.tasks.spawn(alive);
+        let forget = service
+            .clone()
+            .keep_limits_small(service.inner.shutdown.child_token());
+        service.inner.tasks.spawn(forget);
         let (leased, leasing) = tokio::sync::oneshot::channel();
         let lease = service
             .clone()

@@ -120,6 +120,14 @@ impl ChatService {
             }
             _ => {}
         }
+        self.check_room_creation_rate(owner)?;
+        if let Err(e) = self.check_rooms_owned(owner).await {
+            // At its quota, an alias may still repeat a creation that happened.
+            return match self.inner.store.load_room(name).await? {
+                Some(existing) => Ok(Made::Existing(existing)),
+                None => Err(e),
+            };
+        }
         let created = now();
         let mut members: Vec<Alias> = [Some(owner.clone()), other].into_iter().flatten().collect();
         members.sort();
@@ -191,8 +199,14 @@ impl ChatService {
         Ok(())
     }
 
-    /// Registers an alias and returns its token.
-    pub async fn register(&self, alias: &Alias) -> Result<String, ChatError> {
+    /// Registers an alias and returns its token; `client` is the address the request came from
+    /// (registrations are rate-limited per address; `None`: not known, not limited).
+    pub async fn register(
+        &self,
+        alias: &Alias,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<String, ChatError> {
+        self.check_registration_rate(client)?;
         self.inner.auth.register(alias).await
     }
 

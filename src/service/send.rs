@@ -26,6 +26,7 @@ impl ChatService {
             Ok(SendOutcome::Stored(_)) => "stored",
             Ok(SendOutcome::Accepted(_)) => "accepted",
             Err(ChatError::Unavailable(_)) => "unavailable",
+            Err(ChatError::RateLimited { .. }) => "rate_limited",
             Err(_) => "refused",
         };
         metrics::counter!(m::SENDS, "outcome" => label).increment(1);
@@ -54,6 +55,7 @@ impl ChatService {
             )));
         }
         self.may_post_as(actor, &request.from_alias)?;
+        self.check_send_rate(&request.from_alias)?;
         let create_or_join = request.mode == SendMode::CreateOrJoin;
         let room = match self.room(&request.room_name).await {
             Ok(room) => room,

@@ -1,7 +1,8 @@
 //! The embedded store: the store's logical layout in one `redb` file, durable on every commit.
 //!
 //! Tables: `room_lists` (name → JSON), `rooms` (room → JSON metadata), `memberships` (alias →
-//! JSON list of the rooms it was added to), `messages` ((room, sequence number) → JSON message),
+//! JSON list of the rooms it was added to), `owned` (alias → JSON list of the rooms it owns),
+//! `messages` ((room, sequence number) → JSON message),
 //! which holds one message per number, `message_ids` ((room, id) → sequence number), which makes
 //! writes idempotent by id, and `users` (alias → JSON record with the token's hash). redb is
 //! synchronous, so each call runs on tokio's blocking pool; its write transactions are serial,
@@ -35,6 +36,7 @@ const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mess
 const MESSAGE_IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("message_ids");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const MEMBERSHIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("memberships");
+const OWNED: TableDefinition<&str, &[u8]> = TableDefinition::new("owned");
 const INSTANCES: TableDefinition<u16, &[u8]> = TableDefinition::new("instances");
 const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
 const SCHEMA: TableDefinition<&str, i64> = TableDefinition::new("schema");
@@ -94,6 +96,7 @@ impl EmbeddedStore {
         redb!(txn.open_table(MESSAGE_IDS));
         redb!(txn.open_table(USERS));
         redb!(txn.open_table(MEMBERSHIPS));
+        redb!(txn.open_table(OWNED));
         redb!(txn.open_table(INSTANCES));
         redb!(txn.open_table(IDEMPOTENCY));
         redb!(txn.open_table(SCHEMA));
@@ -187,7 +190,27 @@ fn edit_memberships(
     alias: &str,
     edit: impl FnOnce(&mut Vec<RoomName>),
 ) -> Result<(), StoreError> {
-    let mut table = redb!(txn.open_table(MEMBERSHIPS));
+    edit_names(txn, MEMBERSHIPS, alias, edit)
+}
+
+/// Changes the list of rooms `alias` owns.
+fn edit_owned(
+    txn: &redb::WriteTransaction,
+    alias: &str,
+    edit: impl FnOnce(&mut Vec<RoomName>),
+) -> Result<(), StoreError> {
+    edit_names(txn, OWNED, alias, edit)
+}
+
+/// Changes a per-alias list of rooms in `table` (sorted, without duplicates; an empty list is
+/// removed).
+fn edit_names(
+    txn: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    alias: &str,
+    edit: impl FnOnce(&mut Vec<RoomName>),
+) -> Result<(), StoreError> {
+    let mut table = redb!(txn.open_table(table));
     let mut rooms: Vec<RoomName> = read_json(&table, alias)?.unwrap_or_default();
     edit(&mut rooms);
     rooms.sort();
@@ -366,6 +389,9 @@ impl Store for EmbeddedStore {
             for alias in &meta.members {
                 edit_memberships(&txn, alias.as_str(), |rooms| rooms.push(meta.name.clone()))?;
             }
+            edit_owned(&txn, meta.owner_alias.as_str(), |rooms| {
+                rooms.push(meta.name.clone())
+            })?;
             redb!(txn.commit());
             Ok(Created::New)
         })
@@ -393,6 +419,9 @@ impl Store for EmbeddedStore {
                 for alias in &meta.members {
                     edit_memberships(&txn, alias.as_str(), |rooms| rooms.push(meta.name.clone()))?;
                 }
+                edit_owned(&txn, meta.owner_alias.as_str(), |rooms| {
+                    rooms.push(meta.name.clone())
+                })?;
             }
             redb!(txn.commit());
             Ok(())
@@ -463,6 +492,17 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn rooms_owned(&self, alias: &Alias) -> Result<u64, StoreError> {
+        let alias = alias.clone();
+        self.blocking(move |db| {
+            let txn = redb!(db.begin_read());
+            let rooms: Option<Vec<RoomName>> =
+                read_json(&redb!(txn.open_table(OWNED)), alias.as_str())?;
+            Ok(rooms.map_or(0, |r| r.len() as u64))
+        })
+        .await
+    }
+
     async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError> {
         let room = room.clone();
         self.blocking(move |db| {
@@ -474,8 +514,13 @@ impl Store for EmbeddedStore {
                 redb!(rooms.remove(name));
                 meta
             };
-            for alias in meta.map(|m| m.members).unwrap_or_default() {
-                edit_memberships(&txn, alias.as_str(), |rooms| rooms.retain(|r| *r != room))?;
+            if let Some(meta) = meta {
+                for alias in &meta.members {
+                    edit_memberships(&txn, alias.as_str(), |rooms| rooms.retain(|r| *r != room))?;
+                }
+                edit_owned(&txn, meta.owner_alias.as_str(), |rooms| {
+                    rooms.retain(|r| *r != room)
+                })?;
             }
             redb!(
                 redb!(txn.open_table(MESSAGES))

@@ -162,6 +162,11 @@ pub trait Store: Send + Sync + 'static {
     /// may still be named, so callers check each room's metadata).
     async fn rooms_of(&self, alias: &Alias) -> Result<Vec<RoomName>, StoreError>;
 
+    /// How many rooms `alias` owns: those created with it as owner and not deleted since (an
+    /// index kept beside the rooms, read in one lookup; rooms created before this index existed
+    /// are not counted).
+    async fn rooms_owned(&self, alias: &Alias) -> Result<u64, StoreError>;
+
     /// Deletes a room: its metadata and all its messages.
     async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError>;
 

@@ -6,7 +6,8 @@
 //! sent_time, rec_time, sequence_number, id}}`, `_id` being the message id, with a unique index on
 //! `mess_props.sequence_number` (so a stale numberer's write fails instead of storing a duplicate
 //! number); a `_room_list` collection with one document per room list; a `_memberships`
-//! collection, one document per alias naming the rooms it was added to; and a `_users`
+//! collection, one document per alias naming the rooms it was added to and those it owns (the
+//! count of rooms owned is one lookup); and a `_users`
 //! collection, one document per registered alias. Room names cannot start with `_`, so no room
 //! can collide with these.
 //!
@@ -43,7 +44,8 @@ pub const ROOM_LIST_COLLECTION: &str = "_room_list";
 pub const LISTED_ROOMS_COLLECTION: &str = "_room_list_rooms";
 /// Collection holding registered users (alias and token hash).
 pub const USERS_COLLECTION: &str = "_users";
-/// Collection holding, per alias, the rooms it was added to (`{_id: alias, rooms: [...]}`).
+/// Collection holding, per alias, the rooms it was added to and those it owns
+/// (`{_id: alias, rooms: [...], owned: [...]}`).
 pub const MEMBERSHIPS_COLLECTION: &str = "_memberships";
 /// Collection holding the instance-number leases (`{_id: number, holder, expires}`).
 pub const INSTANCES_COLLECTION: &str = "_instances";
@@ -231,16 +233,33 @@ impl MongoStore {
         self.db.collection(MEMBERSHIPS_COLLECTION)
     }
 
-    /// Records that each of `aliases` was added to `room` (upserting their membership
-    /// documents). Done before the room's own change, so a failure leaves at most an index
-    /// entry naming a room the alias is not in, which readers filter out.
-    async fn index_members(&self, room: &RoomName, aliases: &[Alias]) -> Result<(), StoreError> {
-        for alias in aliases {
+    /// Records that each of `aliases` was added to `room`, and that `owner` (one of them, for a
+    /// new room) owns it, for [`Store::rooms_owned`] (upserting their membership documents).
+    /// Done before the room's own change, so a failure leaves at most an index entry naming a
+    /// room the alias is not in, which readers filter out.
+    async fn index_members(
+        &self,
+        room: &RoomName,
+        aliases: &[Alias],
+        owner: Option<&Alias>,
+    ) -> Result<(), StoreError> {
+        let mut updates: Vec<(&Alias, Document)> = aliases
+            .iter()
+            .map(|alias| match owner == Some(alias) {
+                true => (
+                    alias,
+                    doc! { "rooms": room.as_str(), "owned": room.as_str() },
+                ),
+                false => (alias, doc! { "rooms": room.as_str() }),
+            })
+            .collect();
+        // An owner who is not a member (a room saved by `persist` so) still owns it.
+        if let Some(owner) = owner.filter(|o| !aliases.contains(o)) {
+            updates.push((owner, doc! { "owned": room.as_str() }));
+        }
+        for (alias, added) in updates {
             self.memberships()
-                .update_one(
-                    doc! { "_id": alias.as_str() },
-                    doc! { "$addToSet": { "rooms": room.as_str() } },
-                )
+                .update_one(doc! { "_id": alias.as_str() }, doc! { "$addToSet": added })
                 .upsert(true)
                 .await?;
         }
@@ -558,11 +577,20 @@ impl Store for MongoStore {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(meta.name.clone());
-                if let Err(e) = self.index_members(&meta.name, &meta.members).await {
-                    // Undone, so that a failed creation leaves no room behind.
+                let owner = Some(&meta.owner_alias);
+                if let Err(e) = self.index_members(&meta.name, &meta.members, owner).await {
+                    // Undone, so that a failed creation leaves no room behind, nor counts as
+                    // one its owner owns.
                     let _ = self
                         .room(&meta.name)
                         .delete_one(doc! { "_id": META_ID })
+                        .await;
+                    let _ = self
+                        .memberships()
+                        .update_one(
+                            doc! { "_id": meta.owner_alias.as_str() },
+                            doc! { "$pull": { "owned": meta.name.as_str() } },
+                        )
                         .await;
                     return Err(e);
                 }
@@ -597,7 +625,8 @@ impl Store for MongoStore {
             .upsert(true)
             .await?;
         if result.upserted_id.is_some() {
-            self.index_members(&meta.name, &meta.members).await?;
+            let owner = Some(&meta.owner_alias);
+            self.index_members(&meta.name, &meta.members, owner).await?;
         }
         Ok(())
     }
@@ -615,7 +644,7 @@ impl Store for MongoStore {
         room: &RoomName,
         alias: &Alias,
     ) -> Result<Option<MemberChange>, StoreError> {
-        self.index_members(room, std::slice::from_ref(alias))
+        self.index_members(room, std::slice::from_ref(alias), None)
             .await?;
         let update = doc! {
             "$addToSet": { "members": alias.as_str() },
@@ -665,6 +694,17 @@ impl Store for MongoStore {
         Ok(rooms)
     }
 
+    async fn rooms_owned(&self, alias: &Alias) -> Result<u64, StoreError> {
+        let found = self
+            .memberships()
+            .find_one(doc! { "_id": alias.as_str() })
+            .projection(doc! { "owned": 1 })
+            .await?;
+        Ok(found
+            .and_then(|d| d.get_array("owned").ok().map(|owned| owned.len() as u64))
+            .unwrap_or(0))
+    }
+
     async fn delete_room(&self, room: &RoomName) -> Result<(), StoreError> {
         self.room(room).drop().await?;
         self.indexed
@@ -674,8 +714,8 @@ impl Store for MongoStore {
         if let Err(e) = self
             .memberships()
             .update_many(
-                doc! { "rooms": room.as_str() },
-                doc! { "$pull": { "rooms": room.as_str() } },
+                doc! { "$or": [{ "rooms": room.as_str() }, { "owned": room.as_str() }] },
+                doc! { "$pull": { "rooms": room.as_str(), "owned": room.as_str() } },
             )
             .await
         {

@@ -18,6 +18,18 @@ use super::{Backend, alias, room};
 /// Sends answered 2xx: (room, text).
 pub type Acked = Arc<Mutex<Vec<(RoomName, String)>>>;
 
+/// `serve` arguments turning off the quota and the rate limits.
+pub const NO_LIMITS: &[&str] = &[
+    "--max-rooms-owned",
+    "0",
+    "--sends-per-second",
+    "0",
+    "--room-creations-per-second",
+    "0",
+    "--registrations-per-minute",
+    "0",
+];
+
 /// A `mess-chat serve` child process (killed when dropped).
 pub struct Service {
     pub child: Child,
@@ -36,6 +48,8 @@ pub async fn spawn_service(
     let mut command = Command::new(env!("CARGO_BIN_EXE_mess-chat"));
     command
         .args(["serve", "--no-auth", "--listen", "127.0.0.1:0"])
+        // Load is the point here: no quota or rate limit (tests/quota_test.rs has those).
+        .args(NO_LIMITS)
         .args(extra)
         .env("MESS_CHAT_MONGO_DB", db)
         .env("MESS_CHAT_DATA_DIR", data_dir)

@@ -1,7 +1,8 @@
 // Two people chat through mess-chat's page, each in a browser context of their own in Debian's
 // Chromium (playwright-core, no browser download): both register, A creates a group room, B
 // fails to join a room that does not exist (a readable error) and then joins A's room, each sees
-// the other's message arrive live, and a reloaded window scrolls back through older history.
+// the other's message arrive live, a reloaded window scrolls back through older history, and a
+// message sent over A's rate limit waits (the text kept, the wait shown) and is then sent once.
 //
 // Usage: node two_windows.mjs <base_url> <screenshot_prefix>
 // Writes <screenshot_prefix>-a.png and -b.png (also on failure). Exits 0 only if every check held.
@@ -184,6 +185,43 @@ try {
   check(liveB.includes('polling'), `B, without WebSocket, follows the room by polling: ${liveB}`);
   await until(a, 'B counted as a member in A\'s window',
     () => document.getElementById('room-info').textContent.includes('2 members'));
+
+  // A over its send rate (the server allows bursts of 100, then one every 5 s): A spends its
+  // allowance, then sends from the composer. The page keeps the text, says it is rate limited
+  // and for how long, and sends it (once) when the wait is over.
+  const limited = `sent after a wait ${Date.now()}`;
+  const firstWait = await a.evaluate(async ({ room, text }) => {
+    const { token } = JSON.parse(localStorage.getItem('mess-chat.session'));
+    for (let i = 0; i < 2000; i += 1) {
+      const response = await fetch(`/api/v1/rooms/${room}/messages`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ message: `spending ${i}` }),
+      });
+      const wait = Number(response.headers.get('Retry-After'));
+      // Right after a fresh cell was spent: the composer's send is surely refused.
+      if (response.status === 429 && wait >= 3) {
+        document.getElementById('text').value = text;
+        document.getElementById('send-form').requestSubmit();
+        return wait;
+      }
+      // Refused with a short wait: wait it out, so that the next send spends a fresh cell.
+      if (response.status === 429) await new Promise((done) => setTimeout(done, wait * 1000));
+    }
+    return null;
+  }, { room, text: limited });
+  check(firstWait !== null, 'the send rate limit answered 429 with a Retry-After');
+  const notice = await errorText(a);
+  console.error(`shown while rate limited: ${notice}`);
+  check(/rate limited, retrying in \d+ s/.test(notice), `the wait is shown: ${notice}`);
+  check((await a.inputValue('#text')) === limited, 'the text stays in the composer meanwhile');
+  await until(b, 'the rate-limited message in B\'s window once the wait is over',
+    (t) => [...document.querySelectorAll('#messages .text')].some((e) => e.textContent === t), limited);
+  await until(a, 'A\'s composer empty once it is sent', () => document.getElementById('text').value === '');
+  check(await a.isHidden('#error'), 'the notice is gone once the message is sent');
+  const copies = (await texts(b)).filter((t) => t === limited).length;
+  check(copies === 1, `the rate-limited message arrives once: ${copies}`);
+
   check(!failed, 'no uncaught error in either page');
   // For the screenshot: B at the start of the conversation.
   await b.evaluate(() => { document.getElementById('log').scrollTop = 0; });

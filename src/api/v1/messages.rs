@@ -53,7 +53,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 }
 
 /// Sends a message to a room the caller is a member of. 201 once stored; 202 once confirmed
-/// by the broker only (stored later).
+/// by the broker only (stored later); 429 over the caller's send rate (nothing was sent).
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/messages", request_body = CreateMessage,
     security(("bearer" = [])), params(("room" = String, Path)),
     responses((status = 201, body = SendResponse), (status = 202, body = SendResponse),
@@ -61,6 +61,8 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
         (status = 422, description = "idempotency key reused with another text", body = super::ErrorBody),
+        (status = 429, description = "rate_limited: the caller sent too many messages too fast",
+            body = super::ErrorBody, headers(("Retry-After" = u64, description = "whole seconds to wait before the same request can succeed"))),
         (status = 503, body = super::ErrorBody)))]
 pub async fn messages_create(
     State(state): State<AppState>,

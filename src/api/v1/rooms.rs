@@ -45,13 +45,17 @@ pub async fn rooms_index(
 }
 
 /// Creates a room owned by the caller. Creating the same room again (same kind, owner and, for
-/// a private room, member) answers 200 with it, so a retry is safe.
+/// a private room, member) answers 200 with it, so a retry is safe. An alias owns at most a
+/// quota of rooms (403 `quota_exceeded`), and creates them at a limited rate (429).
 #[utoipa::path(post, path = "/api/v1/rooms", request_body = CreateRoom, security(("bearer" = [])),
     responses(
         (status = 201, body = RoomMeta), (status = 200, description = "the same room existed already", body = RoomMeta),
         (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+        (status = 403, description = "quota_exceeded: the caller owns its quota of rooms", body = super::ErrorBody),
         (status = 409, description = "a different room of that name exists", body = super::ErrorBody),
         (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
+        (status = 429, description = "rate_limited: the caller created too many rooms too fast",
+            body = super::ErrorBody, headers(("Retry-After" = u64, description = "whole seconds to wait before the same request can succeed"))),
         (status = 503, body = super::ErrorBody),
     ))]
 pub async fn rooms_create(
