@@ -17,7 +17,12 @@ MONGO_PID="$SERVICES_DIR/secantusd-$MONGO_PORT.pid"
 WAIT_SECS=60
 # Open files RabbitMQ needs: a durable queue can hold a few (index, journal), and Debian's default
 # of 1,024 let a broker with 2,500 queues take over 10 minutes to restart. README "Operations".
+# 65,536, or the machine's hard limit if lower.
 RABBIT_NOFILE_MIN=65536
+hard_nofile=$(ulimit -Hn)
+if [ "$hard_nofile" != unlimited ] && [ "$hard_nofile" -lt "$RABBIT_NOFILE_MIN" ]; then
+    RABBIT_NOFILE_MIN=$hard_nofile
+fi
 
 AMQP_URL="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
 MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT/?retryWrites=false&directConnection=true"
@@ -45,17 +50,17 @@ rabbit_nofile() {
     awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null || true
 }
 
-# Raises this shell's open-files limit (inherited by a RabbitMQ started from it).
+# Raises the open-files limit of a RabbitMQ started from here. Debian's wrapper starts the node
+# with `su rabbitmq`, whose PAM session applies /etc/security/limits*, so the limit goes there
+# (and, for a node started by the init script, in /etc/default/rabbitmq-server).
 raise_nofile() {
-    local hard
-    hard=$(ulimit -Hn)
-    if [ "$hard" = unlimited ] || [ "$hard" -ge "$RABBIT_NOFILE_MIN" ]; then
-        ulimit -n "$RABBIT_NOFILE_MIN" 2>/dev/null || ulimit -n "$hard"
-    else
-        ulimit -n "$hard"
+    ulimit -n "$RABBIT_NOFILE_MIN"
+    if [ -d /etc/security/limits.d ] && [ -w /etc/security/limits.d ]; then
+        printf 'rabbitmq soft nofile %s\nrabbitmq hard nofile %s\n' \
+            "$RABBIT_NOFILE_MIN" "$RABBIT_NOFILE_MIN" >/etc/security/limits.d/mess-chat-rabbitmq.conf
     fi
-    # For a node started by the init system, Debian's wrapper reads this file.
-    if [ -w /etc/default ] && ! grep -qs '^ulimit -n' /etc/default/rabbitmq-server; then
+    if [ -w /etc/default ]; then
+        sed -i '/^ulimit -n/d' /etc/default/rabbitmq-server 2>/dev/null || true
         echo "ulimit -n $RABBIT_NOFILE_MIN" >>/etc/default/rabbitmq-server
     fi
 }
