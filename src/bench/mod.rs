@@ -8,6 +8,8 @@
 //!   one and through three, and send→stored latency local and cross-instance.
 //! - [`fanout`]: one busy room followed by 10, 100 and 1,000 live sockets: memory per socket,
 //!   deliveries and send→delivered latency.
+//! - [`scaling`]: the same load at 10, 1,000 and 10,000 rooms, on each back end: creations,
+//!   acked sends, send→stored and memory, and readiness after a restart.
 //! - [`baseline`]: the raw broker and store rates (the RabbitMQ and MongoDB loops themselves live
 //!   in `broker::rmq::baseline` and `store::mongo::baseline`).
 //! - [`load`]: the HTTP load: closed loop, open loop, history reads, room creation.
@@ -30,6 +32,7 @@ pub mod progress;
 pub mod report;
 pub mod rss;
 pub mod samples;
+pub mod scaling;
 pub mod table;
 
 use std::process::Stdio;
@@ -137,6 +140,9 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let mut failure = None;
     if let [only] = backends[..] {
         report.backends.push(backend::run(only, &plan).await?);
+        report
+            .backends
+            .push(scaling::run(only, &plan, args.quick).await?);
         match only {
             Backend::Real => report.backends.push(instances::run(&plan).await?),
             Backend::Embedded => report.backends.push(fanout::run(&plan).await?),

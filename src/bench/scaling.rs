@@ -1,0 +1,420 @@
+//! The rooms-scaling section, on one back end: the same load at 10, 1,000 and 10,000 rooms. The
+//! service runs as a `mess-chat serve` child process of its own (so that its memory is measured
+//! alone), without the per-alias limits (one client creates every room).
+//!
+//! The rooms grow in steps (10, then 990 more, then 9,000 more), each created by a first send, as
+//! a new user would; at each step: room creations per second, acked sends per second at
+//! concurrency 32 spread over every room, send→stored p50 at 100 sends/s spread the same way,
+//! and the service's RSS. Last, the service is restarted on the same back ends and timed until
+//! `/readyz` answers 200 (with every room's consumer subscribed). Afterwards every queue,
+//! exchange and the database the run made are removed.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::BenchError;
+use super::plan::{Backend, Plan};
+use super::progress::Progress;
+use super::report::{BackendReport, Row, Target, Unit};
+use super::rss;
+use super::samples::{Errors, Samples};
+use crate::broker::Broker;
+use crate::broker::rmq::RabbitBroker;
+use crate::model::{Alias, RoomName};
+use crate::store::mongo::MongoStore;
+
+/// Room counts measured by the standard run.
+pub const ROOMS: [usize; 3] = [10, 1_000, 10_000];
+/// Room counts measured by `--quick`.
+pub const QUICK_ROOMS: [usize; 3] = [10, 100, 1_000];
+/// Sends (and creations) in flight at once.
+const CONCURRENCY: usize = 32;
+/// Offered rate of the latency run, sends per second.
+const RATE: f64 = 100.0;
+
+/// What one room count measured.
+struct Step {
+    rooms: usize,
+    /// Creations per second of the rooms added at this step.
+    created_per_s: f64,
+    acked_per_s: f64,
+    stored: Samples,
+    rss_kib: u64,
+    errors: Errors,
+}
+
+/// The service under test: a child process on the section's back ends.
+struct Service {
+    child: Child,
+    base: String,
+}
+
+/// Where the section's service keeps its data.
+enum Data {
+    Embedded(tempfile::TempDir),
+    Real {
+        amqp_url: String,
+        mongo_url: String,
+        database: String,
+    },
+}
+
+impl Service {
+    async fn start(data: &Data) -> Result<Self, BenchError> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["serve", "--no-auth", "--listen", "127.0.0.1:0"])
+            .args(["--max-rooms-owned", "0", "--sends-per-second", "0"])
+            .args(["--room-creations-per-second", "0"])
+            .env("RUST_LOG", "warn")
+            .env_remove("MESS_CHAT_AMQP_URL")
+            .env_remove("MESS_CHAT_MONGO_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        match data {
+            Data::Embedded(dir) => {
+                command.env("MESS_CHAT_DATA_DIR", dir.path());
+            }
+            Data::Real {
+                amqp_url,
+                mongo_url,
+                database,
+            } => {
+                command.args([
+                    "--amqp-url",
+                    amqp_url,
+                    "--mongo-url",
+                    mongo_url,
+                    "--mongo-db",
+                    database,
+                ]);
+            }
+        }
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .map_err(|_| BenchError::Setup("the scaling service did not start".into()))??
+            .ok_or_else(|| BenchError::Setup("the scaling service exited".into()))?;
+        let base = line
+            .strip_prefix("mess-chat listening on ")
+            .ok_or_else(|| BenchError::Setup(format!("unexpected line {line:?}")))?
+            .to_string();
+        Ok(Self { child, base })
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.child
+            .id()
+            .and_then(rss::read_pid)
+            .map_or(0, |r| r.now_kib)
+    }
+
+    /// Stops the service as an operator would (SIGTERM), waiting for it to exit.
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// Runs the section on `backend`.
+pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendReport, BenchError> {
+    let label = format!("{} rooms", backend.name());
+    let progress = Progress::new(label.clone());
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let data = match backend {
+        Backend::Embedded => Data::Embedded(
+            tempfile::Builder::new()
+                .prefix("mess-chat-scaling-")
+                .tempdir()?,
+        ),
+        Backend::Real => {
+            let (amqp_url, mongo_url) = super::ends::real_urls()?;
+            Data::Real {
+                amqp_url,
+                mongo_url,
+                database: format!("bench_rooms_{run_id}"),
+            }
+        }
+    };
+    let owner = Alias::new(format!("sc-{run_id}")).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let counts = if quick { QUICK_ROOMS } else { ROOMS };
+    let all: Vec<RoomName> = (0..counts[2])
+        .map(|i| RoomName::new(format!("sc-{run_id}-{i}")))
+        .collect::<Result<_, _>>()
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let measured = async {
+        let service = Service::start(&data).await?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(CONCURRENCY)
+            .build()?;
+        let mut steps = Vec::new();
+        let mut made = 0;
+        for rooms in counts {
+            let step = measure(
+                &service,
+                &http,
+                &all[..rooms],
+                made,
+                &owner,
+                plan,
+                &progress,
+            )
+            .await;
+            made = rooms;
+            steps.push(step);
+        }
+        let phase = progress.counted("restart and wait for /readyz".to_string(), 1);
+        service.stop().await;
+        let restarted = Instant::now();
+        let service = Service::start(&data).await?;
+        let ready = ready_within(&http, &service.base, Duration::from_secs(60)).await;
+        let ready = ready.then(|| restarted.elapsed());
+        phase.finish(&ready.map_or("not ready in 60 s".into(), |d| format!("{d:.1?}")));
+        service.stop().await;
+        Ok::<_, BenchError>((steps, ready))
+    }
+    .await;
+    // Whatever happened, the run's queues, exchanges and database go.
+    if let Data::Real {
+        amqp_url,
+        mongo_url,
+        database,
+    } = &data
+    {
+        let phase = progress.counted("clean up".to_string(), all.len() as u64);
+        let broker = Arc::new(RabbitBroker::new(amqp_url.clone()));
+        let mut deleting = futures_util::stream::iter(all.iter().cloned())
+            .map(|room| {
+                let broker = broker.clone();
+                async move { broker.delete_room(&room, true).await }
+            })
+            .buffer_unordered(16);
+        while deleting.next().await.is_some() {
+            phase.inc(1);
+        }
+        let _ = broker.delete_inbox(&owner).await;
+        if let Ok(store) = MongoStore::connect(mongo_url, database).await {
+            let _ = store.drop_database().await;
+        }
+        phase.finish("done");
+    }
+    let (steps, ready) = measured?;
+    let mut problems = Vec::new();
+    for step in &steps {
+        if step.errors.total() > 0 {
+            problems.push(format!("{} rooms: {}", step.rooms, step.errors.summary()));
+        }
+    }
+    Ok(BackendReport {
+        backend: label,
+        broker: match backend {
+            Backend::Embedded => "in-process (MemoryBroker)".into(),
+            Backend::Real => "RabbitMQ (MESS_CHAT_AMQP_URL)".into(),
+        },
+        store: match backend {
+            Backend::Embedded => "redb file in a temporary directory (removed after)".into(),
+            Backend::Real => "MongoDB protocol (MESS_CHAT_MONGO_URL), a database of the run's \
+                              own (dropped after)"
+                .into(),
+        },
+        load: format!(
+            "a `mess-chat serve` child process (its RSS alone is measured); group rooms created \
+             by a first send, {CONCURRENCY} at a time; sends spread over every room; then a \
+             restart timed until /readyz answers 200"
+        ),
+        rows: rows(&steps, ready, counts),
+        problems,
+    })
+}
+
+/// Grows the rooms to `rooms.len()` (those from `made` on are new) and measures the load.
+async fn measure(
+    service: &Service,
+    http: &reqwest::Client,
+    rooms: &[RoomName],
+    made: usize,
+    owner: &Alias,
+    plan: &Plan,
+    progress: &Progress,
+) -> Step {
+    let mut errors = Errors::default();
+    let n = rooms.len();
+    let send = |room: &RoomName, text: String| {
+        let url = format!(
+            "{}/send/?room_name={room}&from_alias={owner}&message={text}",
+            service.base
+        );
+        let http = http.clone();
+        async move {
+            let started = Instant::now();
+            match http.get(url).send().await {
+                Ok(r) if r.status() == 200 => Ok(started.elapsed()),
+                Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                Err(e) => Err(format!("request failed: {e}")),
+            }
+        }
+    };
+    let phase = progress.counted(format!("create rooms {}..{n}", made + 1), (n - made) as u64);
+    let started = Instant::now();
+    let mut creating = futures_util::stream::iter(&rooms[made..])
+        .map(|room| send(room, "opening".into()))
+        .buffer_unordered(CONCURRENCY);
+    while let Some(answer) = creating.next().await {
+        if let Err(e) = answer {
+            errors.record(format!("creation: {e}"));
+        }
+        phase.inc(1);
+    }
+    drop(creating);
+    let created_per_s = (n - made) as f64 / started.elapsed().as_secs_f64();
+    phase.finish(&format!("{created_per_s:.0} rooms/s"));
+
+    // Closed loop: CONCURRENCY workers, each sending to the next room in turn.
+    let phase = progress.timed(format!("acked sends over {n} rooms"), plan.closed);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..CONCURRENCY {
+        let send = &send;
+        workers.push(async move {
+            let (mut acked, mut failed) = (0u64, Errors::default());
+            let mut i = w;
+            while started.elapsed() < plan.closed {
+                match send(&rooms[i % n], format!("closed-{i}")).await {
+                    Ok(_) => acked += 1,
+                    Err(e) => failed.record(e),
+                }
+                i += CONCURRENCY;
+            }
+            (acked, failed)
+        });
+    }
+    let mut acked = 0;
+    for (count, failed) in futures_util::future::join_all(workers).await {
+        acked += count;
+        errors.merge(failed);
+    }
+    let acked_per_s = acked as f64 / started.elapsed().as_secs_f64();
+    phase.finish(&format!("{acked_per_s:.0}/s"));
+
+    // Open loop at RATE, from each send's scheduled time.
+    let phase = progress.timed(format!("{RATE}/s over {n} rooms"), plan.open);
+    let count = (RATE * plan.open.as_secs_f64()) as usize;
+    let started = Instant::now();
+    let answers = futures_util::future::join_all((0..count).map(|i| {
+        let due = started + Duration::from_secs_f64(i as f64 / RATE);
+        let send = &send;
+        async move {
+            tokio::time::sleep_until(due.into()).await;
+            send(&rooms[(i * 7919) % n], format!("open-{i}"))
+                .await
+                .map(|_| due.elapsed())
+        }
+    }))
+    .await;
+    let mut stored = Samples::default();
+    for answer in answers {
+        match answer {
+            Ok(waited) => stored.push(waited),
+            Err(e) => errors.record(e),
+        }
+    }
+    phase.finish(&format!("p50 {:.1} ms", stored.percentile_ms(50.0)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Step {
+        rooms: n,
+        created_per_s,
+        acked_per_s,
+        stored,
+        rss_kib: service.rss_kib(),
+        errors,
+    }
+}
+
+/// Whether `/readyz` answers 200 within `limit`.
+async fn ready_within(http: &reqwest::Client, base: &str, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn rows(steps: &[Step], ready: Option<Duration>, counts: [usize; 3]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let first = steps.first().map(|s| s.acked_per_s);
+    let largest = counts[2];
+    for step in steps {
+        let n = step.rooms;
+        let mut created = Row::new(
+            format!("room creations (first sends), up to {n} rooms"),
+            step.created_per_s,
+            Unit::PerSecond,
+        );
+        if n == largest {
+            created = created.target(Target::at_least(200.0));
+        }
+        rows.push(created);
+        let mut acked = Row::new(
+            format!("acked sends over {n} rooms, concurrency {CONCURRENCY}"),
+            step.acked_per_s,
+            Unit::PerSecond,
+        );
+        if n != counts[0]
+            && let Some(base) = first
+        {
+            acked = acked.against(format!("{} rooms", counts[0]), base);
+            if n == largest {
+                // Per-send cost within 1.3x: the rate at least 1/1.3 of the smallest's.
+                acked = acked.target(Target::ratio_at_least(1.0 / 1.3));
+            }
+        }
+        rows.push(acked);
+        let mut stored = step.stored.clone();
+        rows.push(Row::new(
+            format!("send→stored p50 at {RATE}/s over {n} rooms"),
+            stored.percentile_ms(50.0),
+            Unit::Millis,
+        ));
+        let mut rss = Row::new(
+            format!("service RSS with {n} rooms"),
+            step.rss_kib as f64 / 1024.0,
+            Unit::Mib,
+        );
+        if n == largest {
+            rss = rss.target(Target::below(150.0));
+        }
+        rows.push(rss);
+    }
+    rows.push(
+        Row::new(
+            format!("ready after a restart with {largest} rooms"),
+            ready.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
+            Unit::Millis,
+        )
+        .target(Target::below(10_000.0)),
+    );
+    rows
+}
