@@ -975,6 +975,10 @@ async fn changes_refused_during_a_broker_outage_change_nothing() {
                     .unwrap()
                     .contains("cannot be stored")
             );
+            assert!(
+                body["rooms_not_stored_count"].as_u64().unwrap() >= 1,
+                "{body}"
+            );
             break;
         }
         assert!(

@@ -35,6 +35,7 @@ on_both_backends!(
     rooms_are_isolated_from_each_other,
     messages_after_pages_forwards_without_gap_or_duplicate,
     a_batch_insert_stops_at_the_first_stored_id,
+    concurrent_batches_of_many_rooms_each_end_as_they_would_alone,
     a_number_taken_by_another_message_is_refused,
     a_room_is_created_once,
     rooms_owned_counts_the_rooms_an_alias_created_and_still_has,
@@ -532,6 +533,51 @@ async fn a_batch_insert_stops_at_the_first_stored_id(backend: Backend) {
                 .is_empty()
         );
         assert_eq!(store.insert_messages(&room, &[]).await.unwrap(), None);
+    })
+    .await
+}
+
+/// Batches of many rooms written at once (the embedded store commits them together): each is
+/// written or stops exactly as it would alone, and one's stop does not touch the others.
+async fn concurrent_batches_of_many_rooms_each_end_as_they_would_alone(backend: Backend) {
+    with_store(backend, |store| async move {
+        let rooms: Vec<RoomName> = (0..24).map(|_| common::room("group")).collect();
+        // Every third room has message 1 stored already, so its batch (led by it) stops at once.
+        let mut stored_first = Vec::new();
+        for room in rooms.iter().step_by(3) {
+            stored_first.push(insert_range(store.as_ref(), room, 1, 1).await.remove(0));
+        }
+        let batches: Vec<Vec<ChatMessage>> = rooms
+            .iter()
+            .enumerate()
+            .map(|(i, room)| {
+                let mut batch = vec![if i % 3 == 0 {
+                    stored_first[i / 3].clone()
+                } else {
+                    received(room, 1, "one")
+                }];
+                batch.push(received(room, 2, "two"));
+                batch
+            })
+            .collect();
+        let outcomes = futures_util::future::join_all(
+            rooms
+                .iter()
+                .zip(&batches)
+                .map(|(room, batch)| store.insert_messages(room, batch)),
+        )
+        .await;
+        for (i, (room, outcome)) in rooms.iter().zip(outcomes).enumerate() {
+            let all = store.latest_messages(room, 10).await.unwrap();
+            if i % 3 == 0 {
+                assert_eq!(outcome.unwrap(), Some(InsertStop::IdStored(0)), "{room}");
+                assert_eq!(sequences(&all), [1], "{room}: nothing after the stop");
+            } else {
+                assert_eq!(outcome.unwrap(), None, "{room}");
+                assert_eq!(sequences(&all), [1, 2], "{room}");
+                assert_eq!(all[1].message, "two");
+            }
+        }
     })
     .await
 }

@@ -36,6 +36,9 @@ pub const QUICK_ROOMS: [usize; 3] = [10, 100, 1_000];
 const CONCURRENCY: usize = 32;
 /// Offered rate of the latency run, sends per second.
 const RATE: f64 = 100.0;
+/// Rooms each owner creates (a deployment of many rooms has many users; one alias owning them
+/// all would also grow that alias's own lists, which the default quota of 1,000 forbids).
+const ROOMS_PER_OWNER: usize = 100;
 
 /// What one room count measured.
 struct Step {
@@ -154,11 +157,14 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             }
         }
     };
-    let owner = Alias::new(format!("sc-{run_id}")).map_err(|e| BenchError::Setup(e.to_string()))?;
     let counts = if quick { QUICK_ROOMS } else { ROOMS };
-    let all: Vec<RoomName> = (0..counts[2])
-        .map(|i| RoomName::new(format!("sc-{run_id}-{i}")))
-        .collect::<Result<_, _>>()
+    let all: Vec<(RoomName, Alias)> = (0..counts[2])
+        .map(|i| {
+            let room = RoomName::new(format!("sc-{run_id}-{i}"))?;
+            let owner = Alias::new(format!("sc-{run_id}-o{}", i / ROOMS_PER_OWNER))?;
+            Ok((room, owner))
+        })
+        .collect::<Result<_, crate::model::NameError>>()
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let measured = async {
         let service = Service::start(&data).await?;
@@ -168,16 +174,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         let mut steps = Vec::new();
         let mut made = 0;
         for rooms in counts {
-            let step = measure(
-                &service,
-                &http,
-                &all[..rooms],
-                made,
-                &owner,
-                plan,
-                &progress,
-            )
-            .await;
+            let step = measure(&service, &http, &all[..rooms], made, plan, &progress).await;
             made = rooms;
             steps.push(step);
         }
@@ -202,15 +199,17 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         let phase = progress.counted("clean up".to_string(), all.len() as u64);
         let broker = Arc::new(RabbitBroker::new(amqp_url.clone()));
         let mut deleting = futures_util::stream::iter(all.iter().cloned())
-            .map(|room| {
+            .map(|(room, owner)| {
                 let broker = broker.clone();
-                async move { broker.delete_room(&room, true).await }
+                async move {
+                    let _ = broker.delete_room(&room, true).await;
+                    let _ = broker.delete_inbox(&owner).await;
+                }
             })
             .buffer_unordered(16);
         while deleting.next().await.is_some() {
             phase.inc(1);
         }
-        let _ = broker.delete_inbox(&owner).await;
         if let Ok(store) = MongoStore::connect(mongo_url, database).await {
             let _ = store.drop_database().await;
         }
@@ -237,7 +236,8 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         },
         load: format!(
             "a `mess-chat serve` child process (its RSS alone is measured); group rooms created \
-             by a first send, {CONCURRENCY} at a time; sends spread over every room; then a \
+             by a first send, {CONCURRENCY} at a time, {ROOMS_PER_OWNER} per owner; sends spread \
+             over every room; then a \
              restart timed until /readyz answers 200"
         ),
         rows: rows(&steps, ready, counts),
@@ -249,15 +249,14 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
 async fn measure(
     service: &Service,
     http: &reqwest::Client,
-    rooms: &[RoomName],
+    rooms: &[(RoomName, Alias)],
     made: usize,
-    owner: &Alias,
     plan: &Plan,
     progress: &Progress,
 ) -> Step {
     let mut errors = Errors::default();
     let n = rooms.len();
-    let send = |room: &RoomName, text: String| {
+    let send = |(room, owner): &(RoomName, Alias), text: String| {
         let url = format!(
             "{}/send/?room_name={room}&from_alias={owner}&message={text}",
             service.base

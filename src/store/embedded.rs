@@ -6,13 +6,15 @@
 //! which holds one message per number, `message_ids` ((room, id) → sequence number), which makes
 //! writes idempotent by id, and `users` (alias → JSON record with the token's hash). redb is
 //! synchronous, so each call runs on tokio's blocking pool; its write transactions are serial,
-//! which makes every read-modify-write here atomic.
+//! which makes every read-modify-write here atomic. Message batches go through one writer that
+//! commits every room's waiting batch in one transaction, so that a busy store pays one durable
+//! commit for many rooms rather than one each.
 //!
 //! redb locks its file: a second process opening the same data directory is refused, since the
 //! embedded back ends serve one process (several instances need RabbitMQ and MongoDB).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +33,10 @@ use crate::model::{
 };
 
 const ROOM_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_lists");
+/// The rooms of each room list, one row each ((list, room) → when added, in milliseconds), so
+/// that adding a room never rewrites a list that grows; a list's `rooms` in `room_lists` is
+/// what an earlier version wrote, still read.
+const LISTED: TableDefinition<(&str, &str), i64> = TableDefinition::new("listed_rooms");
 const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const MESSAGE_IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("message_ids");
@@ -48,6 +54,8 @@ pub const FILE_NAME: &str = "mess-chat.redb";
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Message batches waiting for the writer, which commits them together.
+    writes: Arc<Mutex<WriteQueue>>,
 }
 
 impl From<redb::Error> for StoreError {
@@ -91,6 +99,7 @@ impl EmbeddedStore {
         };
         let txn = redb!(db.begin_write());
         redb!(txn.open_table(ROOM_LISTS));
+        redb!(txn.open_table(LISTED));
         redb!(txn.open_table(ROOMS));
         redb!(txn.open_table(MESSAGES));
         redb!(txn.open_table(MESSAGE_IDS));
@@ -101,7 +110,10 @@ impl EmbeddedStore {
         redb!(txn.open_table(IDEMPOTENCY));
         redb!(txn.open_table(SCHEMA));
         redb!(txn.commit());
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            writes: Arc::default(),
+        })
     }
 
     /// Runs `work` on the blocking pool with the database.
@@ -115,6 +127,83 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
+}
+
+/// Room batches waiting to be written, and whether a writer is at work on them. A std mutex:
+/// held only to push or take jobs.
+#[derive(Default)]
+struct WriteQueue {
+    jobs: Vec<WriteJob>,
+    writing: bool,
+}
+
+/// One room's batch of messages (`(id, sequence number, encoded message)`, in order) and who
+/// waits for the outcome.
+struct WriteJob {
+    room: RoomName,
+    rows: Vec<(u128, u64, Vec<u8>)>,
+    reply: tokio::sync::oneshot::Sender<Result<Option<InsertStop>, StoreError>>,
+}
+
+/// The writer: takes every batch queued, from every room, and writes them in one transaction
+/// (one durable commit for all of them: redb commits one write transaction at a time, so a
+/// commit per room's batch made the rooms queue on each other), until none is left. Each batch
+/// stops at its first message already stored, as it would alone.
+fn write_queued(db: &Database, writes: &Mutex<WriteQueue>) {
+    loop {
+        let jobs = {
+            let mut queue = writes.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.jobs.is_empty() {
+                queue.writing = false;
+                return;
+            }
+            std::mem::take(&mut queue.jobs)
+        };
+        match write_jobs(db, &jobs) {
+            Ok(stops) => {
+                for (job, stop) in jobs.into_iter().zip(stops) {
+                    let _ = job.reply.send(Ok(stop));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Writes the batches in one transaction; returns where each stopped, if it did.
+fn write_jobs(db: &Database, jobs: &[WriteJob]) -> Result<Vec<Option<InsertStop>>, StoreError> {
+    let txn = redb!(db.begin_write());
+    let mut stops = Vec::with_capacity(jobs.len());
+    {
+        let mut ids = redb!(txn.open_table(MESSAGE_IDS));
+        let mut table = redb!(txn.open_table(MESSAGES));
+        for job in jobs {
+            let name = job.room.as_str();
+            let mut stopped = None;
+            for (index, (id, seq, bytes)) in job.rows.iter().enumerate() {
+                match collision(&ids, &table, name, *id, *seq)? {
+                    Some(Inserted::Existing(_)) => {
+                        stopped = Some(InsertStop::IdStored(index));
+                        break;
+                    }
+                    Some(_) => {
+                        stopped = Some(InsertStop::NumberTaken(index));
+                        break;
+                    }
+                    None => {}
+                }
+                redb!(ids.insert((name, *id), *seq));
+                redb!(table.insert((name, *seq), bytes.as_slice()));
+            }
+            stops.push(stopped);
+        }
+    }
+    redb!(txn.commit());
+    Ok(stops)
 }
 
 /// The key of the layout's version in the `schema` table.
@@ -256,26 +345,6 @@ fn edit_room(
     Ok(Some(meta))
 }
 
-/// Changes the room list `list` in one write transaction, creating it (as `new`) if need be.
-fn edit_room_list(
-    db: &Database,
-    list: &str,
-    new: impl FnOnce() -> RoomListMeta,
-    edit: impl FnOnce(&mut RoomListMeta),
-) -> Result<(), StoreError> {
-    let txn = redb!(db.begin_write());
-    {
-        let mut lists = redb!(txn.open_table(ROOM_LISTS));
-        let mut meta = read_json(&lists, list)?.unwrap_or_else(new);
-        edit(&mut meta);
-        meta.rooms.sort();
-        meta.rooms.dedup();
-        redb!(lists.insert(list, encode(&meta)?.as_slice()));
-    }
-    redb!(txn.commit());
-    Ok(())
-}
-
 /// Why a numbered message cannot be written at its place, if it cannot.
 fn collision(
     ids: &impl ReadableTable<(&'static str, u128), u64>,
@@ -321,15 +390,27 @@ impl Store for EmbeddedStore {
     async fn save_room_list(&self, meta: &RoomListMeta) -> Result<(), StoreError> {
         let meta = meta.clone();
         self.blocking(move |db| {
-            let name = meta.name.clone();
-            let new = || RoomListMeta {
-                rooms: Vec::new(),
-                ..meta.clone()
-            };
-            edit_room_list(db, &name, new, |stored| {
-                stored.rooms.extend(meta.rooms.iter().cloned());
+            let txn = redb!(db.begin_write());
+            {
+                let mut lists = redb!(txn.open_table(ROOM_LISTS));
+                let name = meta.name.as_str();
+                let mut stored =
+                    read_json::<_, RoomListMeta>(&lists, name)?.unwrap_or_else(|| RoomListMeta {
+                        rooms: Vec::new(),
+                        ..meta.clone()
+                    });
                 stored.modify_time = stored.modify_time.max(meta.modify_time);
-            })
+                redb!(lists.insert(name, encode(&stored)?.as_slice()));
+                let mut listed = redb!(txn.open_table(LISTED));
+                let added = meta.modify_time.timestamp_millis();
+                for room in &meta.rooms {
+                    if redb!(listed.get((name, room.as_str()))).is_none() {
+                        redb!(listed.insert((name, room.as_str()), added));
+                    }
+                }
+            }
+            redb!(txn.commit());
+            Ok(())
         })
         .await
     }
@@ -338,7 +419,27 @@ impl Store for EmbeddedStore {
         let name = name.to_string();
         self.blocking(move |db| {
             let txn = redb!(db.begin_read());
-            read_json(&redb!(txn.open_table(ROOM_LISTS)), name.as_str())
+            let Some(mut meta) =
+                read_json::<_, RoomListMeta>(&redb!(txn.open_table(ROOM_LISTS)), name.as_str())?
+            else {
+                return Ok(None);
+            };
+            let listed = redb!(txn.open_table(LISTED));
+            for row in redb!(listed.range((name.as_str(), "")..)) {
+                let (key, added) = redb!(row);
+                let (list, room) = key.value();
+                if list != name {
+                    break;
+                }
+                meta.rooms
+                    .push(RoomName::new(room).map_err(|e| StoreError::Malformed(e.to_string()))?);
+                if let Some(added) = chrono::DateTime::from_timestamp_millis(added.value()) {
+                    meta.modify_time = meta.modify_time.max(added);
+                }
+            }
+            meta.rooms.sort();
+            meta.rooms.dedup();
+            Ok(Some(meta))
         })
         .await
     }
@@ -346,15 +447,18 @@ impl Store for EmbeddedStore {
     async fn add_to_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
         let (list, room) = (list.to_string(), room.clone());
         self.blocking(move |db| {
-            edit_room_list(
-                db,
-                &list,
-                || empty_list(&list),
-                |meta| {
-                    meta.rooms.push(room);
-                    meta.modify_time = crate::model::now();
-                },
-            )
+            let txn = redb!(db.begin_write());
+            {
+                let mut lists = redb!(txn.open_table(ROOM_LISTS));
+                if redb!(lists.get(list.as_str())).is_none() {
+                    redb!(lists.insert(list.as_str(), encode(&empty_list(&list))?.as_slice()));
+                }
+                let mut listed = redb!(txn.open_table(LISTED));
+                let now = crate::model::now().timestamp_millis();
+                redb!(listed.insert((list.as_str(), room.as_str()), now));
+            }
+            redb!(txn.commit());
+            Ok(())
         })
         .await
     }
@@ -362,15 +466,21 @@ impl Store for EmbeddedStore {
     async fn remove_from_room_list(&self, list: &str, room: &RoomName) -> Result<(), StoreError> {
         let (list, room) = (list.to_string(), room.clone());
         self.blocking(move |db| {
-            edit_room_list(
-                db,
-                &list,
-                || empty_list(&list),
-                |meta| {
+            let txn = redb!(db.begin_write());
+            {
+                let mut listed = redb!(txn.open_table(LISTED));
+                redb!(listed.remove((list.as_str(), room.as_str())));
+                let mut lists = redb!(txn.open_table(ROOM_LISTS));
+                let stored = read_json::<_, RoomListMeta>(&lists, list.as_str())?;
+                if let Some(mut meta) = stored {
+                    // A room an earlier version listed sits in the list's own rooms.
                     meta.rooms.retain(|r| *r != room);
                     meta.modify_time = crate::model::now();
-                },
-            )
+                    redb!(lists.insert(list.as_str(), encode(&meta)?.as_slice()));
+                }
+            }
+            redb!(txn.commit());
+            Ok(())
         })
         .await
     }
@@ -598,33 +708,19 @@ impl Store for EmbeddedStore {
                 Ok((u128::from(m.mess_props.id.0), seq, encode(m)?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.blocking(move |db| {
-            let name = room.as_str();
-            let txn = redb!(db.begin_write());
-            let mut stopped = None;
-            {
-                let mut ids = redb!(txn.open_table(MESSAGE_IDS));
-                let mut table = redb!(txn.open_table(MESSAGES));
-                for (index, (id, seq, bytes)) in rows.iter().enumerate() {
-                    match collision(&ids, &table, name, *id, *seq)? {
-                        Some(Inserted::Existing(_)) => {
-                            stopped = Some(InsertStop::IdStored(index));
-                            break;
-                        }
-                        Some(_) => {
-                            stopped = Some(InsertStop::NumberTaken(index));
-                            break;
-                        }
-                        None => {}
-                    }
-                    redb!(ids.insert((name, *id), *seq));
-                    redb!(table.insert((name, *seq), bytes.as_slice()));
-                }
-            }
-            redb!(txn.commit());
-            Ok(stopped)
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let start_writer = {
+            let mut queue = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            queue.jobs.push(WriteJob { room, rows, reply });
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start_writer {
+            let (db, writes) = (self.db.clone(), self.writes.clone());
+            tokio::task::spawn_blocking(move || write_queued(&db, &writes));
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
     }
 
     async fn latest_messages(
