@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// A smoke run of about 20 s: shorter phases, 200 rooms; rough figures.
     #[arg(long)]
     pub quick: bool,
+    /// Only the rooms section (10, 1,000 and 10,000 rooms) of each back end.
+    #[arg(long)]
+    pub rooms_only: bool,
 }
 
 /// The `--backend` choices.
@@ -138,7 +141,13 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         backends: Vec::new(),
     };
     let mut failure = None;
-    if let [only] = backends[..] {
+    if args.rooms_only {
+        for which in backends {
+            report
+                .backends
+                .push(scaling::run(which, &plan, args.quick).await?);
+        }
+    } else if let [only] = backends[..] {
         report.backends.push(backend::run(only, &plan).await?);
         report
             .backends
