@@ -185,8 +185,10 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         let ready = ready_within(&http, &service.base, Duration::from_secs(60)).await;
         let ready = ready.then(|| restarted.elapsed());
         phase.finish(&ready.map_or("not ready in 60 s".into(), |d| format!("{d:.1?}")));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle_kib = service.rss_kib();
         service.stop().await;
-        Ok::<_, BenchError>((steps, ready))
+        Ok::<_, BenchError>((steps, ready, idle_kib))
     }
     .await;
     // Whatever happened, the run's queues, exchanges and database go.
@@ -215,7 +217,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         }
         phase.finish("done");
     }
-    let (steps, ready) = measured?;
+    let (steps, ready, idle_kib) = measured?;
     let mut problems = Vec::new();
     for step in &steps {
         if step.errors.total() > 0 {
@@ -240,7 +242,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
              over every room; then a \
              restart timed until /readyz answers 200"
         ),
-        rows: rows(&steps, ready, counts),
+        rows: rows(&steps, ready, idle_kib, counts),
         problems,
     })
 }
@@ -361,7 +363,7 @@ async fn ready_within(http: &reqwest::Client, base: &str, limit: Duration) -> bo
     false
 }
 
-fn rows(steps: &[Step], ready: Option<Duration>, counts: [usize; 3]) -> Vec<Row> {
+fn rows(steps: &[Step], ready: Option<Duration>, idle_kib: u64, counts: [usize; 3]) -> Vec<Row> {
     let mut rows = Vec::new();
     let first = steps.first().map(|s| s.acked_per_s);
     let largest = counts[2];
@@ -415,5 +417,11 @@ fn rows(steps: &[Step], ready: Option<Duration>, counts: [usize; 3]) -> Vec<Row>
         )
         .target(Target::below(10_000.0)),
     );
+    // What the rooms themselves cost: every consumer subscribed, no cache filled, no load.
+    rows.push(Row::new(
+        format!("service RSS after that restart, idle, {largest} rooms"),
+        idle_kib as f64 / 1024.0,
+        Unit::Mib,
+    ));
     rows
 }

@@ -9,8 +9,9 @@
 //!   exchange can never close it);
 //! - `notices`: confirm mode, cluster events and the fan-out of stored messages to inboxes;
 //! - `admin`: declares, binds and deletes, on [`ADMIN_CHANNELS`] channels taken in turn (the
-//!   broker handles a channel's operations one at a time, and declaring a durable queue takes
-//!   it a few milliseconds).
+//!   broker handles a channel's operations one at a time, declaring a durable queue takes it a
+//!   few milliseconds, and an instance starting with 10,000 rooms declares each room's topology
+//!   again).
 //!
 //! Room consumers share channels, each with a prefetch window of its own ([`consumers`]); the
 //! cluster events' consumer has a channel of its own (its queue is exclusive to it).
@@ -54,7 +55,7 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unacknowledged deliveries a room consumer may hold at once.
 pub const PREFETCH: u16 = 256;
 /// Channels for declares, binds and deletes.
-pub const ADMIN_CHANNELS: usize = 4;
+pub const ADMIN_CHANNELS: usize = 16;
 /// AMQP's reply code for a declare that contradicts what exists.
 const PRECONDITION_FAILED: u16 = 406;
 

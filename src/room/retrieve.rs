@@ -218,7 +218,9 @@ impl RoomConsumer {
                 }
             }
             let open = || stream.is_open();
-            match self.receive(batch, &mut numbering, &open, shutdown).await {
+            // Boxed: an idle consumer (one per room) then holds only the small waiting state,
+            // not room for a whole batch's work.
+            match Box::pin(self.receive(batch, &mut numbering, &open, shutdown)).await {
                 Handled::Done => {}
                 Handled::Abandoned => return Ended::Resubscribe,
                 Handled::Stopped => return Ended::Stop,

@@ -24,50 +24,69 @@ struct NotConsuming {
 /// A std mutex: every section is short and sync.
 #[derive(Default)]
 pub(super) struct RoomHealth {
-    rooms: Mutex<HashMap<RoomName, Option<NotConsuming>>>,
+    rooms: Mutex<Rooms>,
+}
+
+/// The rooms' states, and how many consume (kept as they change: counting 10,000 rooms on each
+/// report made starting them quadratic).
+#[derive(Default)]
+struct Rooms {
+    states: HashMap<RoomName, Option<NotConsuming>>,
+    consuming: usize,
+}
+
+impl Rooms {
+    /// Sets a room's state (`None`: forgets it), keeping the count, and publishes the gauges.
+    fn set(&mut self, room: &RoomName, state: Option<Option<NotConsuming>>) {
+        let old = match state {
+            Some(state) => self.states.insert(room.clone(), state),
+            None => self.states.remove(room),
+        };
+        if matches!(old, Some(None)) {
+            self.consuming -= 1;
+        }
+        if matches!(self.states.get(room), Some(None)) {
+            self.consuming += 1;
+        }
+        metrics::gauge!(m::ROOMS_KNOWN).set(self.states.len() as f64);
+        metrics::gauge!(m::ROOMS_CONSUMING).set(self.consuming as f64);
+    }
 }
 
 impl RoomHealth {
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Option<NotConsuming>>> {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A consumer for `room` is starting: the room counts as not consumed until it subscribes.
     pub fn starting(&self, room: &RoomName) {
         let mut rooms = self.rooms();
-        rooms.entry(room.clone()).or_insert_with(|| {
-            Some(NotConsuming {
+        if !rooms.states.contains_key(room) {
+            let starting = NotConsuming {
                 since: Instant::now(),
                 why: "its consumer is starting".into(),
-            })
-        });
-        publish(&rooms);
+            };
+            rooms.set(room, Some(Some(starting)));
+        }
     }
 
     /// A consumer's news.
     pub fn report(&self, room: &RoomName, health: Health) {
         let mut rooms = self.rooms();
         match health {
-            Health::Consuming => {
-                rooms.insert(room.clone(), None);
-            }
-            Health::Stopped => {
-                rooms.remove(room);
-            }
-            Health::Failing(why) => {
-                let state = rooms.entry(room.clone()).or_insert(None);
-                match state {
-                    Some(not) => not.why = why,
-                    None => {
-                        *state = Some(NotConsuming {
-                            since: Instant::now(),
-                            why,
-                        })
-                    }
+            Health::Consuming => rooms.set(room, Some(None)),
+            Health::Stopped => rooms.set(room, None),
+            Health::Failing(why) => match rooms.states.get_mut(room) {
+                Some(Some(not)) => not.why = why,
+                _ => {
+                    let failing = NotConsuming {
+                        since: Instant::now(),
+                        why,
+                    };
+                    rooms.set(room, Some(Some(failing)));
                 }
-            }
+            },
         }
-        publish(&rooms);
     }
 
     /// The rooms whose consumer has not been consuming for at least `grace`, in name order, with
@@ -75,6 +94,7 @@ impl RoomHealth {
     pub fn stalled(&self, grace: Duration) -> Vec<(RoomName, String)> {
         let mut stalled: Vec<(RoomName, String)> = self
             .rooms()
+            .states
             .iter()
             .filter_map(|(room, state)| {
                 let not = state.as_ref()?;
@@ -84,13 +104,6 @@ impl RoomHealth {
         stalled.sort();
         stalled
     }
-}
-
-/// Sets the rooms gauges (known, consuming).
-fn publish(rooms: &HashMap<RoomName, Option<NotConsuming>>) {
-    let consuming = rooms.values().filter(|state| state.is_none()).count();
-    metrics::gauge!(m::ROOMS_KNOWN).set(rooms.len() as f64);
-    metrics::gauge!(m::ROOMS_CONSUMING).set(consuming as f64);
 }
 
 #[cfg(test)]
@@ -128,5 +141,31 @@ mod tests {
         // A consumer restarting keeps its state until it reports.
         health.starting(&a);
         assert!(health.stalled(Duration::ZERO).is_empty());
+        let rooms = health.rooms();
+        assert_eq!((rooms.states.len(), rooms.consuming), (1, 1));
+    }
+
+    #[test]
+    fn the_count_of_consuming_rooms_follows_every_change() {
+        let health = RoomHealth::default();
+        let rooms: Vec<RoomName> = (0..5)
+            .map(|i| RoomName::new(format!("r{i}")).unwrap())
+            .collect();
+        for room in &rooms {
+            health.starting(room);
+            health.report(room, Health::Consuming);
+        }
+        health.report(&rooms[0], Health::Failing("cannot store".into()));
+        health.report(&rooms[0], Health::Failing("still cannot".into()));
+        health.report(&rooms[1], Health::Stopped);
+        health.report(&rooms[2], Health::Consuming);
+        let counted = health.rooms().consuming;
+        let actual = health
+            .rooms()
+            .states
+            .values()
+            .filter(|s| s.is_none())
+            .count();
+        assert_eq!((counted, actual), (3, 3));
     }
 }

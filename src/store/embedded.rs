@@ -33,6 +33,8 @@ use crate::model::{
 };
 
 const ROOM_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_lists");
+/// redb's page cache (its default, 1 GiB, let the service's memory grow with the data written).
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// The rooms of each room list, one row each ((list, room) → when added, in milliseconds), so
 /// that adding a room never rewrites a list that grows; a list's `rooms` in `room_lists` is
 /// what an earlier version wrote, still read.
@@ -86,7 +88,10 @@ impl EmbeddedStore {
             StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join(FILE_NAME);
-        let db = match Database::create(&path) {
+        let db = match Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Unavailable(format!(
