@@ -81,6 +81,13 @@ pub struct RoomConsumer {
     /// The metadata of a room this instance has just created, topology declared: the first
     /// subscription takes it instead of reading the store and declaring again.
     pub created: std::sync::Mutex<Option<RoomMeta>>,
+    /// Permits to subscribe, shared by the instance's consumers: an instance starting with
+    /// 10,000 rooms subscribes them a few at a time rather than all at once (which held every
+    /// room's half-done start in memory together, and made them queue at the store anyway).
+    pub subscribing: Arc<tokio::sync::Semaphore>,
+    /// Told when the room is in use (a send waits for it): its consumer subscribes without
+    /// waiting for a permit.
+    pub urgent: Arc<tokio::sync::Notify>,
 }
 
 /// How a subscription ended.
@@ -153,6 +160,10 @@ impl RoomConsumer {
     /// The room's stored metadata, its topology declared, and a subscription; `None` if the room
     /// no longer exists.
     async fn subscribe(&self) -> Result<Option<(Box<dyn DeliveryStream>, RoomMeta)>, RoomError> {
+        let _permit = tokio::select! {
+            permit = self.subscribing.acquire() => permit.ok(),
+            _ = self.urgent.notified() => None,
+        };
         let created = self
             .created
             .lock()

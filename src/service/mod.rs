@@ -55,6 +55,8 @@ pub const DEFAULT_ROOM: &str = "general";
 /// How long start-up waits for the first subscription to cluster events (and the catch-up after
 /// it), and for an instance number, before serving anyway; sends made meanwhile may answer 202
 /// instead of "stored", or 503.
+/// Room consumers subscribing at once (the rest wait their turn, unless their room is in use).
+const SUBSCRIBING_AT_ONCE: usize = 64;
 const EVENTS_READY_WAIT: Duration = Duration::from_secs(10);
 /// How long start-up waits for the store to answer.
 const STORE_WAIT_AT_START: Duration = Duration::from_secs(20);
@@ -176,9 +178,11 @@ pub(crate) struct Inner {
     /// Fired once to stop every task.
     shutdown: CancellationToken,
     /// Each room's consumer (with a number telling one run from the next), to stop one alone.
-    consumers: Mutex<HashMap<RoomName, (u64, CancellationToken)>>,
+    consumers: Mutex<HashMap<RoomName, Consumer>>,
     /// Numbers the consumer runs.
     consumer_runs: AtomicU64,
+    /// Permits for room consumers to subscribe ([`SUBSCRIBING_AT_ONCE`] at a time).
+    subscribing: Arc<tokio::sync::Semaphore>,
     /// One lock per room being loaded, so that concurrent first uses load it once.
     loading: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
     /// Every task (consumers, the events listener), to wait for them on shutdown.
@@ -218,6 +222,7 @@ impl ChatService {
                 shutdown: CancellationToken::new(),
                 consumers: Mutex::new(HashMap::new()),
                 consumer_runs: AtomicU64::new(0),
+                subscribing: Arc::new(tokio::sync::Semaphore::new(SUBSCRIBING_AT_ONCE)),
                 loading: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
             }),
@@ -314,6 +319,16 @@ impl ChatService {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
+}
+
+/// A room's consumer on this instance, as the registry knows it.
+struct Consumer {
+    /// Tells one run from the next.
+    run: u64,
+    /// Stops it.
+    stop: CancellationToken,
+    /// Hurries its subscription (the room is in use).
+    urgent: Arc<tokio::sync::Notify>,
 }
 
 /// Refuses a store holding an earlier version's data (it says how to convert it); retries a

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::ChatService;
+use super::{ChatService, Consumer};
 use super::error::ChatError;
 use super::events::Announcer;
 use crate::model::{Alias, RoomMeta, RoomName};
@@ -41,6 +41,7 @@ impl ChatService {
             // Events of this room that arrived while it was loading were not applied to it.
             self.catch_up(&room).await;
             self.ensure_consumer(name);
+            self.hurry_consumer(name);
             Ok(room)
         }
         .await;
@@ -103,16 +104,30 @@ impl ChatService {
         room
     }
 
+    /// The room is in use: its consumer, if still waiting to subscribe, goes first.
+    fn hurry_consumer(&self, name: &RoomName) {
+        let consumers = self.inner.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(consumer) = consumers.get(name) {
+            consumer.urgent.notify_one();
+        }
+    }
+
     fn start_consumer(&self, name: &RoomName, created: Option<RoomMeta>) {
         let inner = &self.inner;
         let token = inner.shutdown.child_token();
         let run = inner.consumer_runs.fetch_add(1, Ordering::Relaxed);
+        let urgent = Arc::new(tokio::sync::Notify::new());
         {
             let mut consumers = inner.consumers.lock().unwrap_or_else(|e| e.into_inner());
             if consumers.contains_key(name) || inner.shutdown.is_cancelled() {
                 return;
             }
-            consumers.insert(name.clone(), (run, token.clone()));
+            let consumer = Consumer {
+                run,
+                stop: token.clone(),
+                urgent: urgent.clone(),
+            };
+            consumers.insert(name.clone(), consumer);
         }
         inner.health.starting(name);
         let consumer = RoomConsumer {
@@ -121,6 +136,8 @@ impl ChatService {
             store: inner.store.clone(),
             announce: Announcer::new(inner),
             created: std::sync::Mutex::new(created),
+            subscribing: inner.subscribing.clone(),
+            urgent,
         };
         let service = self.clone();
         let name = name.clone();
@@ -132,7 +149,7 @@ impl ChatService {
                 .consumers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if consumers.get(&name).is_some_and(|(r, _)| *r == run) {
+            if consumers.get(&name).is_some_and(|c| c.run == run) {
                 consumers.remove(&name);
             }
         });
@@ -146,8 +163,8 @@ impl ChatService {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
-        if let Some((_, token)) = stopped {
-            token.cancel();
+        if let Some(consumer) = stopped {
+            consumer.stop.cancel();
         }
     }
 }
