@@ -209,6 +209,9 @@ impl ChatService {
             };
             backoff.reset();
             self.resync().await;
+            self.inner
+                .started
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(ready) = ready.take() {
                 let _ = ready.send(());
             }

@@ -18,6 +18,8 @@ pub(super) const STALL_GRACE: Duration = Duration::from_secs(2);
 struct NotConsuming {
     since: Instant,
     why: String,
+    /// Started with the instance: counted at once, without the grace.
+    starting: bool,
 }
 
 /// Every room with a consumer on this instance; those not subscribed with since when and why.
@@ -58,13 +60,16 @@ impl RoomHealth {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A consumer for `room` is starting: the room counts as not consumed until it subscribes.
-    pub fn starting(&self, room: &RoomName) {
+    /// A consumer for `room` is starting: the room counts as not consumed until it subscribes,
+    /// at once if `at_start` (the instance is starting: it is not ready before its rooms are),
+    /// else after the grace (a room just created, or a consumer restarting, is not worth it).
+    pub fn starting(&self, room: &RoomName, at_start: bool) {
         let mut rooms = self.rooms();
         if !rooms.states.contains_key(room) {
             let starting = NotConsuming {
                 since: Instant::now(),
                 why: "its consumer is starting".into(),
+                starting: at_start,
             };
             rooms.set(room, Some(Some(starting)));
         }
@@ -82,6 +87,7 @@ impl RoomHealth {
                     let failing = NotConsuming {
                         since: Instant::now(),
                         why,
+                        starting: false,
                     };
                     rooms.set(room, Some(Some(failing)));
                 }
@@ -89,8 +95,8 @@ impl RoomHealth {
         }
     }
 
-    /// The rooms whose consumer has not been consuming for at least `grace`, in name order, with
-    /// why.
+    /// The rooms whose consumer is starting, or has been failing for at least `grace`, in name
+    /// order, with why.
     pub fn stalled(&self, grace: Duration) -> Vec<(RoomName, String)> {
         let mut stalled: Vec<(RoomName, String)> = self
             .rooms()
@@ -98,7 +104,8 @@ impl RoomHealth {
             .iter()
             .filter_map(|(room, state)| {
                 let not = state.as_ref()?;
-                (not.since.elapsed() >= grace).then(|| (room.clone(), not.why.clone()))
+                (not.starting || not.since.elapsed() >= grace)
+                    .then(|| (room.clone(), not.why.clone()))
             })
             .collect();
         stalled.sort();
@@ -132,14 +139,18 @@ mod tests {
     fn a_starting_consumer_counts_until_it_subscribes_and_a_stopped_one_not_at_all() {
         let health = RoomHealth::default();
         let (a, b) = (RoomName::new("a").unwrap(), RoomName::new("b").unwrap());
-        health.starting(&a);
-        health.starting(&b);
-        assert_eq!(health.stalled(Duration::ZERO).len(), 2);
+        health.starting(&a, true);
+        health.starting(&b, true);
+        assert_eq!(
+            health.stalled(Duration::from_secs(60)).len(),
+            2,
+            "a starting consumer counts at once"
+        );
         health.report(&a, Health::Consuming);
         health.report(&b, Health::Stopped);
         assert!(health.stalled(Duration::ZERO).is_empty());
         // A consumer restarting keeps its state until it reports.
-        health.starting(&a);
+        health.starting(&a, true);
         assert!(health.stalled(Duration::ZERO).is_empty());
         let rooms = health.rooms();
         assert_eq!((rooms.states.len(), rooms.consuming), (1, 1));
@@ -152,7 +163,7 @@ mod tests {
             .map(|i| RoomName::new(format!("r{i}")).unwrap())
             .collect();
         for room in &rooms {
-            health.starting(room);
+            health.starting(room, false);
             health.report(room, Health::Consuming);
         }
         health.report(&rooms[0], Health::Failing("cannot store".into()));

@@ -181,6 +181,9 @@ pub(crate) struct Inner {
     consumers: Mutex<HashMap<RoomName, Consumer>>,
     /// Numbers the consumer runs.
     consumer_runs: AtomicU64,
+    /// Set once the first catch-up with the store has started every room's consumer: rooms
+    /// whose consumer starts before then keep `/readyz` at 503 until they subscribe.
+    started: std::sync::atomic::AtomicBool,
     /// Permits for room consumers to subscribe ([`SUBSCRIBING_AT_ONCE`] at a time).
     subscribing: Arc<tokio::sync::Semaphore>,
     /// One lock per room being loaded, so that concurrent first uses load it once.
@@ -222,6 +225,7 @@ impl ChatService {
                 shutdown: CancellationToken::new(),
                 consumers: Mutex::new(HashMap::new()),
                 consumer_runs: AtomicU64::new(0),
+                started: std::sync::atomic::AtomicBool::new(false),
                 subscribing: Arc::new(tokio::sync::Semaphore::new(SUBSCRIBING_AT_ONCE)),
                 loading: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),

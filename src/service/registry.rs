@@ -129,7 +129,8 @@ impl ChatService {
             };
             consumers.insert(name.clone(), consumer);
         }
-        inner.health.starting(name);
+        let at_start = !inner.started.load(Ordering::Relaxed);
+        inner.health.starting(name, at_start);
         let consumer = RoomConsumer {
             room: name.clone(),
             broker: inner.broker.clone(),
