@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{ChatService, Consumer};
 use super::error::ChatError;
 use super::events::Announcer;
+use super::{ChatService, Consumer};
 use crate::model::{Alias, RoomMeta, RoomName};
 use crate::room::ChatRoom;
 use crate::room::retrieve::{RoomConsumer, retrieve_messages};
@@ -106,7 +106,11 @@ impl ChatService {
 
     /// The room is in use: its consumer, if still waiting to subscribe, goes first.
     fn hurry_consumer(&self, name: &RoomName) {
-        let consumers = self.inner.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        let consumers = self
+            .inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(consumer) = consumers.get(name) {
             consumer.urgent.notify_one();
         }

@@ -1,7 +1,7 @@
 //! The channels room consumers share. RabbitMQ allows 2,047 channels on a connection by default,
 //! so a channel per room stopped every room past the 2,046th from being stored. Consumers sit
 //! [`CONSUMERS_PER_CHANNEL`] to a channel instead, each with its own prefetch window (`basic.qos`
-//! with `global = false` applies per consumer), so one connection holds over 100,000 of them.
+//! with `global = false` applies per consumer), so one connection holds about 130,000 of them.
 //!
 //! Sharing a channel changes how a consumer lets go of what it holds: closing the channel would
 //! take its neighbours down, so a consumer that stops cancels itself and gives back
@@ -24,9 +24,9 @@ use crate::metrics as m;
 pub const CONSUMERS_PER_CHANNEL: usize = 64;
 /// How often the watcher looks for channels the broker closed.
 const CHANNEL_CHECK: Duration = Duration::from_secs(2);
-/// Channels a connection keeps for other uses (the shared sends, notices and admin channels, and
-/// the cluster events' own), besides the consumers'.
-const OTHER_CHANNELS: usize = 8;
+/// Channels a connection keeps for other uses (the shared sends and notices channels, the admin
+/// ones, the cluster events' own, and a few to spare), besides the consumers'.
+const OTHER_CHANNELS: usize = super::ADMIN_CHANNELS + 8;
 
 /// The channels consumers share on one connection.
 #[derive(Clone, Default)]
