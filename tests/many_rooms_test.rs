@@ -1,15 +1,23 @@
 //! Many rooms on one instance: more rooms than RabbitMQ allows channels on a connection (2,047),
 //! each answered "stored"; the consumers share channels; after a restart the instance is ready
 //! within 10 s and serves a room meanwhile. On both back ends, one after the other (the gauges
-//! of `/metrics` are the process's own).
+//! of `/metrics` are the process's own); and on two instances of the real back ends, rooms made
+//! through both and sent to through the other.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestServer, alias, room};
+use std::sync::Arc;
+
+use common::{Backend, Env, TestServer, alias, room};
 use futures_util::StreamExt;
+use mess_chat::broker::Broker;
+use mess_chat::broker::rmq::RabbitBroker;
 use mess_chat::model::{Alias, RoomName};
+use mess_chat::server::Server;
+use mess_chat::service::ServiceConfig;
+use tokio::net::TcpListener;
 
 /// Past RabbitMQ's default of 2,047 channels per connection: with a channel per room, every room
 /// from the 2,047th on was never stored.
@@ -32,6 +40,102 @@ async fn embedded_every_one_of_many_rooms_is_stored_and_ready_soon_after_a_resta
 async fn real_every_one_of_many_rooms_is_stored_and_ready_soon_after_a_restart() {
     let _one = ONE_AT_A_TIME.lock().await;
     every_one_of_many_rooms_is_stored_and_ready_soon_after_a_restart(Backend::Real).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_many_rooms_made_through_two_instances_are_each_stored_through_either() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    common::init_logs();
+    let env = Env::new(Backend::Real);
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let broker: Arc<dyn Broker> = Arc::new(RabbitBroker::new(common::amqp_url()));
+        let store = Arc::new(env.mongo().await);
+        let server = Server::start_with(listener, broker, store, ServiceConfig::default())
+            .await
+            .expect("an instance starts");
+        servers.push(server);
+    }
+    let bases: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{}", s.addr()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while servers.iter().any(|s| s.service().peers() < 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the instances never heard each other"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let owner = alias("owner");
+    let rooms: Vec<RoomName> = (0..ROOMS).map(|_| room("pair")).collect();
+    // Half the rooms are made through each instance (whose consumer, subscribing first, is the
+    // room's active one); then each room is sent to through the other instance.
+    let through = |i: usize, turn: usize| bases[(i + turn) % 2].as_str();
+    let first = send_all_through(&rooms, &owner, "first", |i| through(i, 0)).await;
+    assert!(
+        refused(&first).is_empty(),
+        "{:?}",
+        &refused(&first)[..5.min(refused(&first).len())]
+    );
+    let second = send_all_through(&rooms, &owner, "second", |i| through(i, 1)).await;
+    assert!(
+        refused(&second).is_empty(),
+        "{:?}",
+        &refused(&second)[..5.min(refused(&second).len())]
+    );
+    for base in &bases {
+        let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        assert_eq!(
+            ready.status().as_u16(),
+            200,
+            "{}",
+            ready.text().await.unwrap()
+        );
+    }
+    let http = reqwest::Client::new();
+    let histories: Vec<(RoomName, Vec<String>)> = futures_util::stream::iter(rooms.iter().cloned())
+        .enumerate()
+        .map(|(i, r)| {
+            let url = format!("{}/messages/?room_name={r}", bases[i % 2]);
+            let http = http.clone();
+            async move { (r, http.get(url).send().await.unwrap().json().await.unwrap()) }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    for (r, texts) in histories {
+        assert_eq!(texts, ["first", "second"], "{r}");
+    }
+    for server in servers {
+        server.stop().await.expect("graceful stop");
+    }
+    env.cleanup(&[], &[owner]).await;
+}
+
+/// Sends `text` to every room through the instance `base_of` names for its index, `CONCURRENCY`
+/// at a time; returns each answer's status with its room.
+async fn send_all_through<'a>(
+    rooms: &[RoomName],
+    from: &Alias,
+    text: &str,
+    base_of: impl Fn(usize) -> &'a str,
+) -> Vec<(RoomName, u16)> {
+    let http = reqwest::Client::new();
+    futures_util::stream::iter(rooms.iter().cloned().enumerate())
+        .map(|(i, r)| {
+            let url = common::load::send_url(base_of(i), &r, from.as_str(), text);
+            let http = http.clone();
+            async move {
+                let status = http.get(url).send().await.unwrap().status().as_u16();
+                (r, status)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
 }
 
 /// Sends `text` to every room (creating those that do not exist), `CONCURRENCY` at a time, and

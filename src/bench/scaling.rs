@@ -192,6 +192,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
     }
     .await;
     // Whatever happened, the run's queues, exchanges and database go.
+    let mut cleanup_problem = None;
     if let Data::Real {
         amqp_url,
         mongo_url,
@@ -200,17 +201,33 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
     {
         let phase = progress.counted("clean up".to_string(), all.len() as u64);
         let broker = Arc::new(RabbitBroker::new(amqp_url.clone()));
-        let mut deleting = futures_util::stream::iter(all.iter().cloned())
-            .map(|(room, owner)| {
+        // Each room once (retried one by one if the broker refused it among the others), then
+        // each owner's inbox once.
+        let mut failed: Vec<RoomName> = futures_util::stream::iter(all.iter().cloned())
+            .map(|(room, _)| {
                 let broker = broker.clone();
-                async move {
-                    let _ = broker.delete_room(&room, true).await;
-                    let _ = broker.delete_inbox(&owner).await;
-                }
+                async move { broker.delete_room(&room, true).await.err().map(|_| room) }
             })
-            .buffer_unordered(16);
-        while deleting.next().await.is_some() {
-            phase.inc(1);
+            .buffer_unordered(16)
+            .inspect(|_| phase.inc(1))
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        let mut left = 0;
+        for room in failed.drain(..) {
+            if broker.delete_room(&room, true).await.is_err() {
+                left += 1;
+            }
+        }
+        let mut owners: Vec<&Alias> = all.iter().map(|(_, owner)| owner).collect();
+        owners.dedup();
+        for owner in owners {
+            if broker.delete_inbox(owner).await.is_err() {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            cleanup_problem = Some(format!("{left} queues or exchanges could not be deleted"));
         }
         if let Ok(store) = MongoStore::connect(mongo_url, database).await {
             let _ = store.drop_database().await;
@@ -218,7 +235,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         phase.finish("done");
     }
     let (steps, ready, idle_kib) = measured?;
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = cleanup_problem.into_iter().collect();
     for step in &steps {
         if step.errors.total() > 0 {
             problems.push(format!("{} rooms: {}", step.rooms, step.errors.summary()));
