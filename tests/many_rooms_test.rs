@@ -156,27 +156,14 @@ async fn send_all_through<'a>(
         .await
 }
 
-/// Sends `text` to every room (creating those that do not exist), `CONCURRENCY` at a time, and
-/// returns each answer's status with its room.
+/// Sends `text` to every room through `t` (creating those that do not exist).
 async fn send_to_all(
     t: &TestServer,
     rooms: &[RoomName],
     from: &Alias,
     text: &str,
 ) -> Vec<(RoomName, u16)> {
-    let http = reqwest::Client::new();
-    futures_util::stream::iter(rooms.iter().cloned())
-        .map(|r| {
-            let url = common::load::send_url(t.client.base(), &r, from.as_str(), text);
-            let http = http.clone();
-            async move {
-                let status = http.get(url).send().await.unwrap().status().as_u16();
-                (r, status)
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await
+    send_all_through(rooms, from, text, |_| t.client.base()).await
 }
 
 fn refused(answers: &[(RoomName, u16)]) -> Vec<&(RoomName, u16)> {

@@ -10,24 +10,22 @@
 //! socket). One socket is open before "before" is read, so that what the room allocates for its
 //! first follower is not counted per socket.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::BenchError;
 use super::plan::Plan;
 use super::progress::Progress;
 use super::report::{BackendReport, Row, Target, Unit};
 use super::rss;
 use super::samples::{Errors, Samples};
+use super::{BenchError, child};
 use crate::client::Client;
 use crate::model::ChatMessage;
 
@@ -76,7 +74,8 @@ impl Service {
             Some(path) => path.into(),
             None => std::env::current_exe()?,
         };
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args([
                 "serve",
                 "--listen",
@@ -92,23 +91,8 @@ impl Service {
             ])
             .env("MESS_CHAT_DATA_DIR", data.path())
             .env_remove("MESS_CHAT_AMQP_URL")
-            .env_remove("MESS_CHAT_MONGO_URL")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .map_err(|_| BenchError::Setup("the fan-out service did not start".into()))??
-            .ok_or_else(|| BenchError::Setup("the fan-out service exited".into()))?;
-        let base = line
-            .strip_prefix("mess-chat listening on ")
-            .ok_or_else(|| BenchError::Setup(format!("unexpected line {line:?}")))?
-            .to_string();
+            .env_remove("MESS_CHAT_MONGO_URL");
+        let (child, base) = child::serve(command, "fan-out", Duration::from_secs(30)).await?;
         Ok(Self {
             child,
             client: Client::new(base.clone()),
@@ -118,10 +102,7 @@ impl Service {
     }
 
     fn rss_kib(&self) -> u64 {
-        self.child
-            .id()
-            .and_then(rss::read_pid)
-            .map_or(0, |r| r.now_kib)
+        child::rss_kib(&self.child)
     }
 }
 

@@ -23,6 +23,7 @@
 
 pub mod backend;
 pub mod baseline;
+pub mod child;
 pub mod ends;
 pub mod fanout;
 pub mod instances;

@@ -9,20 +9,17 @@
 //! `/readyz` answers 200 (with every room's consumer subscribed). Afterwards every queue,
 //! exchange and the database the run made are removed.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::BenchError;
 use super::plan::{Backend, Plan};
 use super::progress::Progress;
 use super::report::{BackendReport, Row, Target, Unit};
-use super::rss;
 use super::samples::{Errors, Samples};
+use super::{BenchError, child};
 use crate::broker::Broker;
 use crate::broker::rmq::RabbitBroker;
 use crate::model::{Alias, RoomName};
@@ -74,13 +71,8 @@ impl Service {
             .args(["serve", "--no-auth", "--listen", "127.0.0.1:0"])
             .args(["--max-rooms-owned", "0", "--sends-per-second", "0"])
             .args(["--room-creations-per-second", "0"])
-            .env("RUST_LOG", "warn")
             .env_remove("MESS_CHAT_AMQP_URL")
-            .env_remove("MESS_CHAT_MONGO_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+            .env_remove("MESS_CHAT_MONGO_URL");
         match data {
             Data::Embedded(dir) => {
                 command.env("MESS_CHAT_DATA_DIR", dir.path());
@@ -100,25 +92,12 @@ impl Service {
                 ]);
             }
         }
-        let mut child = command.spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .map_err(|_| BenchError::Setup("the scaling service did not start".into()))??
-            .ok_or_else(|| BenchError::Setup("the scaling service exited".into()))?;
-        let base = line
-            .strip_prefix("mess-chat listening on ")
-            .ok_or_else(|| BenchError::Setup(format!("unexpected line {line:?}")))?
-            .to_string();
+        let (child, base) = child::serve(command, "scaling", Duration::from_secs(60)).await?;
         Ok(Self { child, base })
     }
 
     fn rss_kib(&self) -> u64 {
-        self.child
-            .id()
-            .and_then(rss::read_pid)
-            .map_or(0, |r| r.now_kib)
+        child::rss_kib(&self.child)
     }
 
     /// Stops the service as an operator would (SIGTERM), waiting for it to exit.
