@@ -79,17 +79,24 @@ impl Waiters {
         }
     }
 
-    /// Wakes the senders of these stored messages.
+    /// Wakes the senders of these stored messages. A message wakes only senders waiting in its
+    /// own room: ids are unique within one deployment, and the events exchange may also carry
+    /// another deployment's messages (two deployments on one broker, as the tests run them),
+    /// whose ids can equal ours.
     pub fn wake(&self, stored: &[ChatMessage]) {
         let woken: Vec<(ChatMessage, Waiting)> = {
             let mut waiting = self.waiting();
             if waiting.is_empty() {
                 return;
             }
-            stored
-                .iter()
-                .filter_map(|m| waiting.remove(&m.mess_props.id).map(|w| (m.clone(), w)))
-                .collect()
+            let mut woken = Vec::new();
+            for m in stored {
+                let id = &m.mess_props.id;
+                if waiting.get(id).is_some_and(|w| w.room == m.mess_props.room_name) {
+                    woken.extend(waiting.remove(id).map(|w| (m.clone(), w)));
+                }
+            }
+            woken
         };
         for (message, w) in woken {
             for tx in w.senders {
@@ -123,5 +130,33 @@ impl Waiters {
             by_room.entry(w.room.clone()).or_default().push(*id);
         }
         by_room
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Alias, MessageProperties};
+
+    fn stored(room: &str, id: MessageId, text: &str) -> ChatMessage {
+        let props = MessageProperties::new_sent(
+            RoomName::new(room).unwrap(),
+            Alias::new("ann").unwrap(),
+            room.into(),
+            id,
+        );
+        ChatMessage::new(text.into(), props)
+    }
+
+    #[test]
+    fn a_message_of_another_room_with_the_same_id_wakes_no_one() {
+        let waiters = Waiters::default();
+        let id = MessageId(42);
+        let room = RoomName::new("big").unwrap();
+        let mut rx = waiters.register(&room, id);
+        waiters.wake(&[stored("elsewhere", id, "hi")]);
+        assert!(rx.try_recv().is_err(), "a foreign message woke the sender");
+        waiters.wake(&[stored("big", id, "mine")]);
+        assert_eq!(rx.try_recv().unwrap().unwrap().message, "mine");
     }
 }
