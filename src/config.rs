@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
-//! amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+//! amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"   # or a list of a cluster's nodes' URLs
+//! queue_type = "classic"                              # or "quorum"
 //! mongo_url = "mongodb://127.0.0.1:27017/?retryWrites=false"
 //! mongo_db = "mess_chat"
 //! cache_capacity = 1000
@@ -26,8 +27,10 @@ use serde::Deserialize;
 pub struct FileConfig {
     /// `--listen`.
     pub listen: Option<SocketAddr>,
-    /// `--amqp-url`.
-    pub amqp_url: Option<String>,
+    /// `--amqp-url`: one URL, or a list of a cluster's nodes' URLs.
+    pub amqp_url: Option<UrlList>,
+    /// `--queue-type`.
+    pub queue_type: Option<crate::broker::QueueType>,
     /// `--mongo-url`.
     pub mongo_url: Option<String>,
     /// `--mongo-db`.
@@ -60,6 +63,26 @@ pub struct FileConfig {
     pub registrations_per_minute: Option<u32>,
     /// `--registration-burst`.
     pub registration_burst: Option<u32>,
+}
+
+/// One URL, or a list of them (`["amqp://a/%2f", "amqp://b/%2f"]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum UrlList {
+    /// One URL (which may itself list several, separated by commas).
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl UrlList {
+    /// The URLs as the command line writes them: separated by commas.
+    pub fn joined(&self) -> String {
+        match self {
+            UrlList::One(url) => url.clone(),
+            UrlList::Many(urls) => urls.join(","),
+        }
+    }
 }
 
 /// Why the file could not be used.
@@ -128,7 +151,8 @@ mod tests {
         let file = FileConfig::parse(
             r#"
             listen = "127.0.0.1:9000"
-            amqp_url = "amqp://127.0.0.1:5672/%2f"
+            amqp_url = ["amqp://127.0.0.1:5681/%2f", "amqp://127.0.0.1:5682/%2f"]
+            queue_type = "quorum"
             mongo_url = "mongodb://127.0.0.1:27017/?retryWrites=false"
             mongo_db = "chat"
             data_dir = "/tmp/chat"
@@ -147,6 +171,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(file.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(
+            file.amqp_url.unwrap().joined(),
+            "amqp://127.0.0.1:5681/%2f,amqp://127.0.0.1:5682/%2f"
+        );
+        assert_eq!(file.queue_type, Some(crate::broker::QueueType::Quorum));
         assert_eq!(file.mongo_db.as_deref(), Some("chat"));
         assert_eq!(file.cache_capacity, Some(10));
         assert_eq!(file.store_wait_ms, Some(250));

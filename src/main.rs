@@ -11,6 +11,8 @@ use clap::parser::ValueSource;
 use clap::{
     ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
 };
+use mess_chat::broker::QueueType;
+use mess_chat::broker::rmq::node_urls;
 use mess_chat::client::{Client, SendParams};
 use mess_chat::config::{FileConfig, redacted};
 use mess_chat::model::RoomName;
@@ -75,9 +77,15 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "MESS_CHAT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f. Unset: embedded broker.
+    /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f, or the URLs of a cluster's
+    /// nodes separated by commas (the service connects to one that answers, and to another when
+    /// it dies). Unset: embedded broker.
     #[arg(long, env = "MESS_CHAT_AMQP_URL")]
     amqp_url: Option<String>,
+    /// Type of the queues declared on RabbitMQ: quorum queues are replicated over a cluster's
+    /// nodes. Every instance of a deployment must use the type its queues have.
+    #[arg(long, env = "MESS_CHAT_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
+    queue_type: QueueType,
     /// MongoDB URL, e.g. mongodb://127.0.0.1:27017/?retryWrites=false. Unset: embedded store.
     #[arg(long, env = "MESS_CHAT_MONGO_URL")]
     mongo_url: Option<String>,
@@ -248,7 +256,10 @@ impl ServeArgs {
             self.listen = v;
         }
         if let (Some(v), true) = (file.amqp_url, unset("amqp_url")) {
-            self.amqp_url = Some(v);
+            self.amqp_url = Some(v.joined());
+        }
+        if let (Some(v), true) = (file.queue_type, unset("queue_type")) {
+            self.queue_type = v;
         }
         if let (Some(v), true) = (file.mongo_url, unset("mongo_url")) {
             self.mongo_url = Some(v);
@@ -508,6 +519,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config {
         listen: args.listen,
         amqp_url: args.amqp_url,
+        queue_type: args.queue_type,
         mongo_url: args.mongo_url,
         mongo_db: args.mongo_db,
         data_dir: args.data_dir,
@@ -526,7 +538,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let broker = match &config.amqp_url {
-        Some(url) => redacted(url),
+        Some(urls) if node_urls(urls).is_empty() => {
+            anyhow::bail!("--amqp-url / MESS_CHAT_AMQP_URL holds no URL")
+        }
+        Some(urls) => {
+            let nodes: Vec<String> = node_urls(urls).iter().map(|u| redacted(u)).collect();
+            format!("{} ({} queues)", nodes.join(","), config.queue_type)
+        }
+        None if config.queue_type != QueueType::Classic => {
+            anyhow::bail!(
+                "--queue-type {} needs RabbitMQ (--amqp-url)",
+                config.queue_type
+            )
+        }
         None => "embedded (in-process)".into(),
     };
     let store = match &config.mongo_url {

@@ -15,7 +15,7 @@ use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueDeclareOption
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mess_chat::broker::rmq::RabbitBroker;
-use mess_chat::broker::{Broker, BrokerError};
+use mess_chat::broker::{Broker, BrokerError, QueueType};
 use mess_chat::client::SendParams;
 use mess_chat::model::{
     Alias, ChatMessage, MessageId, MessageProperties, RoomListMeta, RoomMeta, RoomName, UserRecord,
@@ -621,4 +621,67 @@ async fn a_room_queue_deleted_behind_the_service_is_declared_again() {
     assert_eq!(stored.first().map(String::as_str), Some("before"));
     assert!(stored.last().unwrap().starts_with("after-"));
     t.cleanup().await;
+}
+
+/// The type `rabbitmqctl list_queues` gives each of these queues.
+async fn queue_types(names: &[&str]) -> Vec<String> {
+    let listing = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "type"]).await;
+    names
+        .iter()
+        .map(|name| {
+            listing
+                .lines()
+                .map(|line| line.split_whitespace().collect::<Vec<_>>())
+                .find(|cols| cols.first() == Some(name))
+                .map(|cols| cols[1].to_string())
+                .unwrap_or_else(|| panic!("queue {name} not listed"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_rooms_get_quorum_queues_and_a_classic_instance_refuses_to_start_on_them() {
+    let env = Env::new(Backend::Real);
+    let quorum = Arc::new(RabbitBroker::new(common::amqp_url()).with_queue_type(QueueType::Quorum));
+    let service = ChatService::start(quorum.clone(), env.store().await, quick_config())
+        .await
+        .unwrap();
+    let (r, ann) = (room("quorum"), alias("ann"));
+    let outcome = service
+        .send(None, group_request(&r, &ann, "replicated"))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, SendOutcome::Stored(_)), "{outcome:?}");
+    let inbox = format!("inbox.{ann}");
+    assert_eq!(
+        queue_types(&[r.as_str(), &inbox]).await,
+        ["quorum", "quorum"]
+    );
+    service.shutdown().await;
+
+    // The same deployment started with classic queues: not a silent mix, an error naming the
+    // queue and the configured type.
+    let classic = Arc::new(RabbitBroker::new(common::amqp_url()));
+    let refused = ChatService::start(classic, env.store().await, quick_config()).await;
+    let Err(e) = refused else {
+        panic!("a classic instance started on quorum queues")
+    };
+    let said = e.to_string();
+    assert!(
+        said.contains(r.as_str()) && said.contains("--queue-type classic"),
+        "{said}"
+    );
+    // Started with the queues' own type, it serves the room again.
+    let service = ChatService::start(quorum.clone(), env.store().await, quick_config())
+        .await
+        .unwrap();
+    let again = service
+        .send(None, group_request(&r, &ann, "again"))
+        .await
+        .unwrap();
+    assert!(matches!(again, SendOutcome::Stored(_)), "{again:?}");
+    service.shutdown().await;
+    quorum.delete_room(&r, true).await.unwrap();
+    quorum.delete_inbox(&ann).await.unwrap();
+    env.cleanup(&[(r, true)], &[ann]).await;
 }

@@ -62,6 +62,7 @@ impl From<ChatError> for ApiError {
             ChatError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
             ChatError::QuotaExceeded(_) => (S::FORBIDDEN, "quota_exceeded"),
             ChatError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
+            ChatError::Misconfigured(_) => (S::SERVICE_UNAVAILABLE, "misconfigured"),
             ChatError::Internal(_) | ChatError::Legacy(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = match &e {

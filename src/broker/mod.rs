@@ -46,6 +46,34 @@ pub fn inbox_queue(alias: &Alias) -> String {
     format!("{INBOX_PREFIX}{alias}")
 }
 
+/// The kind of queue rooms and inboxes get on RabbitMQ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Classic queues: one node holds each queue (the default; enough for one broker node).
+    #[default]
+    Classic,
+    /// Quorum queues: replicated over the cluster's nodes by Raft, so a queue outlives the loss
+    /// of a minority of them.
+    Quorum,
+}
+
+impl QueueType {
+    /// The name RabbitMQ gives it (`x-queue-type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What can go wrong talking to the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -64,6 +92,20 @@ pub enum BrokerError {
     Clash {
         /// The queue or exchange.
         name: String,
+        /// The broker's words.
+        detail: String,
+    },
+    /// A queue of this name exists with the other queue type (classic or quorum) than the one
+    /// this instance is configured with: every instance of a deployment must use one type.
+    #[error(
+        "queue {name} exists on the broker as another queue type than this instance's \
+         --queue-type {configured}: {detail}"
+    )]
+    QueueType {
+        /// The queue.
+        name: String,
+        /// The type this instance declares.
+        configured: QueueType,
         /// The broker's words.
         detail: String,
     },

@@ -1,8 +1,9 @@
 //! RabbitMQ back end (the seed's `rmq` module): the only module that imports `lapin`.
 //!
 //! One connection per [`RabbitBroker`], re-established on demand after it breaks (each call that
-//! finds it broken reconnects, within [`CONNECT_TIMEOUT`], so a down broker turns into a quick
-//! [`BrokerError::Unavailable`] rather than a hang). Three shared channels, each re-opened on the
+//! finds it broken reconnects, within [`CONNECT_TIMEOUT`] per node, so a down broker turns into a
+//! quick [`BrokerError::Unavailable`] rather than a hang). Given the URLs of several nodes of one
+//! cluster, it connects to the one that answered last, else to the next that answers. Three shared channels, each re-opened on the
 //! same connection when the broker closed it (a refused declare closes its channel, and must not
 //! take anything else down):
 //! - `sends`: confirm mode, every room send (through the default exchange, so a missing room
@@ -41,11 +42,12 @@ use tokio_util::sync::CancellationToken;
 use self::consumers::{ConsumerChannels, Seat, open_channel};
 use super::{
     Acknowledge, Broker, BrokerError, Delivery, DeliveryStream, EVENTS_EXCHANGE, EVENTS_MAX_LENGTH,
-    INBOX_MAX_LENGTH, INBOX_MESSAGE_TTL_MS, inbox_queue,
+    INBOX_MAX_LENGTH, INBOX_MESSAGE_TTL_MS, QueueType, inbox_queue,
 };
+use crate::config::redacted;
 use crate::model::{Alias, RoomName};
 
-/// How long connecting (or reconnecting) may take before the broker counts as unavailable.
+/// How long connecting (or reconnecting) to one node may take before it counts as unavailable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a publish may wait for the broker's confirm.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,10 +61,15 @@ pub const ADMIN_CHANNELS: usize = 16;
 /// AMQP's reply code for a declare that contradicts what exists.
 const PRECONDITION_FAILED: u16 = 406;
 
-/// A RabbitMQ broker reached through one (re-established) AMQP connection.
+/// A RabbitMQ broker (one node, or a cluster) reached through one (re-established) AMQP
+/// connection.
 pub struct RabbitBroker {
-    /// The AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
-    url: String,
+    /// The AMQP URLs of the nodes, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    urls: Vec<String>,
+    /// The node to try first: the one connected to last.
+    preferred: std::sync::atomic::AtomicUsize,
+    /// The type of the queues it declares.
+    queue_type: QueueType,
     /// The current connection and its shared channels; `None` before the first use. A std mutex:
     /// it is held only to clone or swap the `Arc`, never across an `.await`.
     link: Mutex<Option<Arc<Link>>>,
@@ -140,13 +147,45 @@ impl Link {
 }
 
 impl RabbitBroker {
-    /// A broker for `url`; nothing connects until the first call.
-    pub fn new(url: impl Into<String>) -> Self {
+    /// A broker at `urls`: one AMQP URL, or several nodes' URLs separated by commas (see
+    /// [`node_urls`]); nothing connects until the first call. Its queues are classic.
+    pub fn new(urls: impl AsRef<str>) -> Self {
         Self {
-            url: url.into(),
+            urls: node_urls(urls.as_ref()),
+            preferred: std::sync::atomic::AtomicUsize::new(0),
+            queue_type: QueueType::Classic,
             link: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The same broker, declaring queues of `queue_type`.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// Connects to the first node that answers, starting with the one that answered last.
+    async fn connect_any(&self) -> Result<Link, BrokerError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let first = self.preferred.load(Relaxed);
+        let mut failures = Vec::new();
+        for at in (0..self.urls.len()).map(|i| (first + i) % self.urls.len()) {
+            let url = &self.urls[at];
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect(url)).await {
+                Ok(Ok(link)) => {
+                    self.preferred.store(at, Relaxed);
+                    tracing::info!(node = %redacted(url), "connected to RabbitMQ");
+                    return Ok(link);
+                }
+                Ok(Err(e)) => failures.push(format!("{}: {e}", redacted(url))),
+                Err(_) => failures.push(format!("{}: timed out connecting", redacted(url))),
+            }
+        }
+        if failures.is_empty() {
+            return Err(BrokerError::Unavailable("no RabbitMQ URL was given".into()));
+        }
+        Err(BrokerError::Unavailable(failures.join("; ")))
     }
 
     fn current(&self) -> Option<Arc<Link>> {
@@ -165,11 +204,7 @@ impl RabbitBroker {
         if let Some(link) = self.current() {
             return Ok(link);
         }
-        let link = tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.url))
-            .await
-            .map_err(|_| BrokerError::Unavailable("timed out connecting to RabbitMQ".into()))?
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let link = Arc::new(link);
+        let link = Arc::new(self.connect_any().await?);
         let old = self
             .link
             .lock()
@@ -181,7 +216,6 @@ impl RabbitBroker {
                 let _ = old.connection.close(200, "reconnected".into()).await;
             });
         }
-        tracing::info!("connected to RabbitMQ");
         Ok(link)
     }
 
@@ -218,9 +252,18 @@ impl RabbitBroker {
             .await?
             .map_err(|e| match e.kind() {
                 lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == PRECONDITION_FAILED => {
-                    BrokerError::Clash {
-                        name: name.to_string(),
-                        detail: amqp.get_message().to_string(),
+                    let detail = amqp.get_message().to_string();
+                    if detail.contains("x-queue-type") {
+                        BrokerError::QueueType {
+                            name: name.to_string(),
+                            configured: self.queue_type,
+                            detail,
+                        }
+                    } else {
+                        BrokerError::Clash {
+                            name: name.to_string(),
+                            detail,
+                        }
                     }
                 }
                 _ => self.error(&link, e),
@@ -342,14 +385,30 @@ fn durable_exchange() -> ExchangeDeclareOptions {
     }
 }
 
-fn room_queue_arguments() -> FieldTable {
+/// The arguments every room and inbox queue is declared with. A classic queue is declared
+/// without `x-queue-type`, as the queues of earlier versions were (the broker takes it as
+/// classic, and refuses it for a quorum queue of that name).
+fn queue_arguments(queue_type: QueueType) -> FieldTable {
     let mut args = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(queue_type.as_str().into()),
+        );
+    }
+    args
+}
+
+/// A room's queue: one active consumer at a time, so one instance numbers the room.
+fn room_queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut args = queue_arguments(queue_type);
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     args
 }
 
-fn inbox_queue_arguments() -> FieldTable {
-    let mut args = FieldTable::default();
+/// A member's inbox: bounded in length and in age (quorum queues keep both since RabbitMQ 3.10).
+fn inbox_queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut args = queue_arguments(queue_type);
     args.insert(
         "x-max-length".into(),
         AMQPValue::LongLongInt(INBOX_MAX_LENGTH),
@@ -365,8 +424,9 @@ fn inbox_queue_arguments() -> FieldTable {
 impl Broker for RabbitBroker {
     async fn declare_room(&self, room: &RoomName, group_room: bool) -> Result<(), BrokerError> {
         let name = room.as_str();
+        let queue_type = self.queue_type;
         self.admin(name, |ch| async move {
-            ch.queue_declare(name.into(), durable(), room_queue_arguments())
+            ch.queue_declare(name.into(), durable(), room_queue_arguments(queue_type))
                 .await?;
             if group_room {
                 ch.exchange_declare(
@@ -384,8 +444,10 @@ impl Broker for RabbitBroker {
 
     async fn bind_member(&self, room: &RoomName, alias: &Alias) -> Result<(), BrokerError> {
         let inbox = inbox_queue(alias);
+        let queue_type = self.queue_type;
         self.admin(&inbox.clone(), |ch| async move {
-            ch.queue_declare(inbox.as_str().into(), durable(), inbox_queue_arguments())
+            let args = inbox_queue_arguments(queue_type);
+            ch.queue_declare(inbox.as_str().into(), durable(), args)
                 .await?;
             ch.queue_bind(
                 inbox.as_str().into(),
@@ -658,5 +720,39 @@ impl Drop for RabbitAcker {
                 let _ = bounded(acker.nack(requeue())).await;
             });
         }
+    }
+}
+
+/// The node URLs in `urls`: one AMQP URL, or several separated by commas (a comma inside a
+/// password is written `%2C`), blanks around each ignored.
+pub fn node_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_node_urls_is_split_at_commas() {
+        assert_eq!(
+            node_urls("amqp://a:5672/%2f, amqp://u:p%2Cw@b:5673/%2f,"),
+            ["amqp://a:5672/%2f", "amqp://u:p%2Cw@b:5673/%2f"]
+        );
+        assert_eq!(node_urls("amqp://a/%2f"), ["amqp://a/%2f"]);
+    }
+
+    #[test]
+    fn quorum_queues_say_so_and_classic_ones_keep_the_earlier_arguments() {
+        let quorum = room_queue_arguments(QueueType::Quorum);
+        assert!(quorum.inner().contains_key("x-queue-type"));
+        assert!(quorum.inner().contains_key("x-single-active-consumer"));
+        let classic = inbox_queue_arguments(QueueType::Classic);
+        assert!(!classic.inner().contains_key("x-queue-type"));
+        assert!(classic.inner().contains_key("x-max-length"));
     }
 }

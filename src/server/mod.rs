@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::rmq::RabbitBroker;
+use crate::broker::{Broker, QueueType};
 use crate::service::{ChatError, ChatService, ServiceConfig};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
@@ -30,8 +30,11 @@ pub use http::HttpLimits;
 pub struct Config {
     /// Where to listen for HTTP.
     pub listen: SocketAddr,
-    /// RabbitMQ URL; `None` runs the embedded in-process broker.
+    /// RabbitMQ URL, or several nodes' URLs separated by commas; `None` runs the embedded
+    /// in-process broker.
     pub amqp_url: Option<String>,
+    /// The type of the queues declared on RabbitMQ.
+    pub queue_type: QueueType,
     /// MongoDB URL; `None` runs the embedded on-disk store.
     pub mongo_url: Option<String>,
     /// MongoDB database name.
@@ -63,7 +66,7 @@ pub enum ServerError {
 /// The broker the configuration names.
 pub fn broker(config: &Config) -> Arc<dyn Broker> {
     match &config.amqp_url {
-        Some(url) => Arc::new(RabbitBroker::new(url.clone())),
+        Some(urls) => Arc::new(RabbitBroker::new(urls).with_queue_type(config.queue_type)),
         None => Arc::new(MemoryBroker::new()),
     }
 }

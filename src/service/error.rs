@@ -92,6 +92,10 @@ pub enum ChatError {
     /// The store holds data this version does not read.
     #[error("{0}")]
     Legacy(String),
+    /// The back ends are set up otherwise than this instance is configured (a queue of the other
+    /// queue type): an operator must act.
+    #[error("{0}")]
+    Misconfigured(String),
     /// A fault of the service itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -116,6 +120,10 @@ impl From<BrokerError> for ChatError {
             BrokerError::Clash { name, detail } => {
                 tracing::warn!(%name, error = %detail, "broker refused a declare");
                 ChatError::NameClash(name)
+            }
+            BrokerError::QueueType { .. } => {
+                tracing::error!(error = %e, "a queue has the other queue type");
+                ChatError::Misconfigured(e.to_string())
             }
             BrokerError::Refused(detail) => ChatError::Internal(detail),
         }

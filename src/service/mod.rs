@@ -41,7 +41,7 @@ pub use limits::{Limits, Rate};
 pub use live::{Follow, FollowEnd};
 pub use rooms::Creation;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerError};
 use crate::model::{Alias, ChatMessage, RoomName};
 use crate::room::RoomList;
 use crate::store::{Schema, Store, StoreError};
@@ -203,6 +203,7 @@ impl ChatService {
         config: ServiceConfig,
     ) -> Result<Self, ChatError> {
         check_schema(store.as_ref()).await?;
+        check_queue_type(broker.as_ref(), store.as_ref()).await?;
         let rooms = RoomList::new(
             ROOM_LIST_NAME,
             broker.clone(),
@@ -357,6 +358,31 @@ async fn check_schema(store: &dyn Store) -> Result<(), ChatError> {
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Refuses to start when the rooms' queues on the broker are of the other queue type (classic or
+/// quorum) than this instance declares: declaring one stored room's queue again is the broker's
+/// own check, and every queue of a deployment was declared with one type. A back end that does
+/// not answer yet skips the check; each room's consumer declares its queue when it starts, and a
+/// queue of the other type then keeps that room from being served (logged as an error, counted
+/// by `/readyz`, answered 503 `misconfigured`).
+async fn check_queue_type(broker: &dyn Broker, store: &dyn Store) -> Result<(), ChatError> {
+    let Ok(Some(list)) = store.load_room_list(ROOM_LIST_NAME).await else {
+        return Ok(());
+    };
+    let Some(first) = list.rooms.first() else {
+        return Ok(());
+    };
+    let Ok(Some(meta)) = store.load_room(first).await else {
+        return Ok(());
+    };
+    match broker.declare_room(&meta.name, meta.group_room).await {
+        Err(e @ BrokerError::QueueType { .. }) => Err(ChatError::Misconfigured(format!(
+            "{e}: start every instance of a deployment with the queue type its queues have \
+             (the README's Operations section says how to change it)"
+        ))),
+        _ => Ok(()),
     }
 }
 

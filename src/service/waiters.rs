@@ -92,7 +92,10 @@ impl Waiters {
             let mut woken = Vec::new();
             for m in stored {
                 let id = &m.mess_props.id;
-                if waiting.get(id).is_some_and(|w| w.room == m.mess_props.room_name) {
+                if waiting
+                    .get(id)
+                    .is_some_and(|w| w.room == m.mess_props.room_name)
+                {
                     woken.extend(waiting.remove(id).map(|w| (m.clone(), w)));
                 }
             }

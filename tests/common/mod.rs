@@ -10,9 +10,9 @@ pub mod load;
 
 use std::sync::Arc;
 
-use mess_chat::broker::Broker;
 use mess_chat::broker::memory::MemoryBroker;
 use mess_chat::broker::rmq::RabbitBroker;
+use mess_chat::broker::{Broker, QueueType};
 use mess_chat::client::Client;
 use mess_chat::model::{Alias, RoomName};
 use mess_chat::server::Server;
@@ -50,6 +50,22 @@ pub fn init_logs() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// The queue type the real back end's rooms get: `MESS_CHAT_QUEUE_TYPE` (`classic` unless set;
+/// `scripts/test.sh` runs the conformance and fault suites a second time with `quorum`). A
+/// service the tests start as a process reads the same variable.
+pub fn queue_type() -> QueueType {
+    match std::env::var("MESS_CHAT_QUEUE_TYPE").as_deref() {
+        Err(_) | Ok("") | Ok("classic") => QueueType::Classic,
+        Ok("quorum") => QueueType::Quorum,
+        Ok(other) => panic!("MESS_CHAT_QUEUE_TYPE={other}: classic or quorum"),
+    }
+}
+
+/// The real RabbitMQ, declaring queues of [`queue_type`].
+pub fn rabbit() -> RabbitBroker {
+    RabbitBroker::new(amqp_url()).with_queue_type(queue_type())
 }
 
 /// URL of the real RabbitMQ.
@@ -107,7 +123,7 @@ impl Env {
     pub fn new(backend: Backend) -> Self {
         let broker: Arc<dyn Broker> = match backend {
             Backend::Embedded => Arc::new(MemoryBroker::new()),
-            Backend::Real => Arc::new(RabbitBroker::new(amqp_url())),
+            Backend::Real => Arc::new(rabbit()),
         };
         Self {
             backend,
