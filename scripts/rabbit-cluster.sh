@@ -27,7 +27,7 @@ set -euo pipefail
 
 BASE_DIR="${MESS_CHAT_RABBIT_CLUSTER_DIR:-/var/lib/rabbitmq/mess-chat-cluster}"
 NODES=(1 2 3)
-WAIT_SECS=120  # bound of every wait: a start, a stop, a join, a revive
+WAIT_SECS="${MESS_CHAT_RABBIT_CLUSTER_WAIT_SECS:-120}"  # bound of every wait: a start, a stop, a join, a revive
 # Open files, as the default node has (/etc/security/limits.d/mess-chat-rabbitmq.conf, written
 # by scripts/services.sh): 20,000, or the hard limit if lower.
 NOFILE=20000
@@ -66,6 +66,7 @@ ctl() { local n=$1; shift; timeout 60 rabbitmqctl -q -n "$(node_name "$n")" "$@"
 node_pid() {
     local pid
     for pid in $(pgrep -x beam.smp 2>/dev/null); do
+        alive "$pid" || continue
         grep -qzxF boot "/proc/$pid/cmdline" 2>/dev/null || continue
         grep -qzxF "RABBITMQ_NODENAME=$(node_name "$1")" "/proc/$pid/environ" 2>/dev/null || continue
         echo "$pid"
@@ -73,6 +74,9 @@ node_pid() {
     done
     return 1
 }
+
+# True if process $1 exists and is not a zombie (a killed VM may linger unreaped).
+alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $st != Z* ]]; }
 
 # True if node N's VM runs and its AMQP listener accepts connections (the app is up).
 node_up() { node_pid "$1" >/dev/null && port_open "$(node_port "$1")"; }
@@ -143,7 +147,13 @@ wait_node_up() {
         if [ $((SECONDS - since)) -ge 5 ] && ! node_pid "$n" >/dev/null; then
             die "$name: its Erlang VM exited while starting (see $log_file and $(node_dir "$n")/startup.log)"
         fi
-        [ "$(date +%s)" -lt "$deadline" ] || die "$name: not up on 127.0.0.1:$(node_port "$n") within ${WAIT_SECS}s (see $log_file)"
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            local hint=""
+            if tail -n 3 "$log_file" 2>/dev/null | grep -q 'Waiting for Mnesia tables'; then
+                hint="; it waits for the other nodes of its cluster to come up: \`$0 start\` starts them all"
+            fi
+            die "$name: not up on 127.0.0.1:$(node_port "$n") within ${WAIT_SECS}s (see $log_file$hint)"
+        fi
         sleep 1
     done
     ctl "$n" await_startup --timeout 60 >&2 || die "$name: await_startup failed (see $log_file)"
@@ -201,7 +211,7 @@ stop_node() {
     local deadline=$((SECONDS + WAIT_SECS))
     timeout "$WAIT_SECS" rabbitmqctl -q -n "$name" stop >&2 \
         || die "$name: rabbitmqctl stop failed (see $(node_log "$n"); \`$0 kill $n\` kills it)"
-    while kill -0 "$pid" 2>/dev/null; do
+    while alive "$pid"; do
         [ "$SECONDS" -lt "$deadline" ] || die "$name: pid $pid still alive ${WAIT_SECS}s after rabbitmqctl stop (see $(node_log "$n"); \`$0 kill $n\` kills it)"
         sleep 0.5
     done
@@ -214,7 +224,7 @@ kill_node() {
     log "$name: kill -9 $pid (beam.smp)"
     kill -9 "$pid"
     local deadline=$((SECONDS + 30))
-    while kill -0 "$pid" 2>/dev/null; do
+    while alive "$pid"; do
         [ "$SECONDS" -lt "$deadline" ] || die "$name: pid $pid still alive 30s after SIGKILL"
         sleep 0.2
     done
@@ -248,7 +258,7 @@ cmd_start() {
     # Fast path: all up and node 1 sees all three running.
     if [ "$all_up" = 1 ] && running=$(running_nodes 1) \
         && [ "$(grep -c '^mc[123]@localhost$' <<<"$running")" = 3 ]; then
-        log "cluster already up: $(echo $running)"
+        log "cluster already up: $(tr '\n' ' ' <<<"$running")"
         export_line
         return 0
     fi

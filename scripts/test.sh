@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 services=$(scripts/services.sh start)
 eval "$services"
+# The broker-cluster tests (tests/rabbit_cluster_test.rs) run on three RabbitMQ nodes of their own
+# (scripts/rabbit-cluster.sh; not the node above), stopped again when the run ends.
+cluster=$(scripts/rabbit-cluster.sh start)
+eval "$cluster"
+trap 'scripts/rabbit-cluster.sh stop >/dev/null 2>&1 || true' EXIT
 # Hosts only: no credentials in the output.
 host() { local rest="${1#*://}"; rest="${rest%%/*}"; echo "${rest##*@}"; }
 echo "test.sh: RabbitMQ at $(host "$MESS_CHAT_AMQP_URL"), MongoDB-protocol server at $(host "$MESS_CHAT_MONGO_URL")" >&2
@@ -34,13 +39,24 @@ fi
 # Every test removes the queues and exchanges it declared: the broker must hold no more after the
 # suite than before it (the cluster events exchange, mess-chat.events, is the deployment's own).
 broker_names() {
-    { rabbitmqctl -q list_queues --no-table-headers name
-      rabbitmqctl -q list_exchanges --no-table-headers name; } 2>/dev/null \
-        | { grep -v -e '^amq\.' -e '^mess-chat\.events$' -e '^$' || true; } | sort
+    local node
+    for node in rabbit@localhost mc1@localhost; do
+        { rabbitmqctl -n "$node" -q list_queues --no-table-headers name
+          rabbitmqctl -n "$node" -q list_exchanges --no-table-headers name; } 2>/dev/null \
+            | { grep -v -e '^amq\.' -e '^mess-chat\.events$' -e '^$' || true; } \
+            | sed "s/^/$node: /"
+    done | sort
 }
 before="$(broker_names)"
 status=0
 cargo test --locked --no-fail-fast "$@" || status=$?
+# The whole suite ran with classic queues; the conformance and fault suites run once more with
+# quorum queues (on the one node above), as a deployment with --queue-type quorum would.
+if [ "$#" -eq 0 ]; then
+    echo "test.sh: the conformance and fault suites again, with --queue-type quorum" >&2
+    MESS_CHAT_QUEUE_TYPE=quorum cargo test --locked --no-fail-fast --test mess_chat_test \
+        --test broker_conformance --test faults || status=$?
+fi
 left="$(comm -13 <(echo "$before") <(broker_names))"
 if [ -n "$left" ]; then
     echo "test.sh: the suite left $(echo "$left" | wc -l) queues or exchanges on RabbitMQ:" >&2

@@ -545,13 +545,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let nodes: Vec<String> = node_urls(urls).iter().map(|u| redacted(u)).collect();
             format!("{} ({} queues)", nodes.join(","), config.queue_type)
         }
-        None if config.queue_type != QueueType::Classic => {
-            anyhow::bail!(
-                "--queue-type {} needs RabbitMQ (--amqp-url)",
-                config.queue_type
-            )
+        None => {
+            if config.queue_type != QueueType::Classic {
+                tracing::warn!(queue_type = %config.queue_type, "no RabbitMQ: --queue-type has no effect");
+            }
+            "embedded (in-process)".into()
         }
-        None => "embedded (in-process)".into(),
     };
     let store = match &config.mongo_url {
         Some(url) => format!("{} (database {})", redacted(url), config.mongo_db),
