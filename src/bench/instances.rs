@@ -31,9 +31,9 @@ use crate::store::mongo::MongoStore;
 /// Instances of the deployment.
 pub const INSTANCES: usize = 3;
 /// Senders of the closed-loop runs.
-const CONCURRENCY: usize = 256;
+pub(super) const CONCURRENCY: usize = 256;
 /// Offered rate of the latency runs, per second.
-const RATE: f64 = 100.0;
+pub(super) const RATE: f64 = 100.0;
 
 /// Runs the section and cleans up whether or not it succeeded.
 pub async fn run(plan: &Plan) -> Result<BackendReport, BenchError> {
@@ -177,7 +177,7 @@ async fn measure(
     Ok((rows(one, three, near, far), problems))
 }
 
-async fn closed(
+pub(super) async fn closed(
     load: &Load,
     how: &str,
     plan: &Plan,
@@ -200,7 +200,7 @@ async fn closed(
     run
 }
 
-async fn latency(
+pub(super) async fn latency(
     load: &Load,
     how: &str,
     plan: &Plan,
@@ -219,7 +219,7 @@ async fn latency(
     run
 }
 
-fn note(problems: &mut Vec<String>, what: &str, errors: &Errors) {
+pub(super) fn note(problems: &mut Vec<String>, what: &str, errors: &Errors) {
     if errors.total() > 0 {
         problems.push(format!("{what}: {}", errors.summary()));
     }

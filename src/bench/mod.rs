@@ -30,6 +30,7 @@ pub mod instances;
 pub mod load;
 pub mod plan;
 pub mod progress;
+pub mod quorum;
 pub mod report;
 pub mod rss;
 pub mod samples;
@@ -67,6 +68,10 @@ pub struct BenchArgs {
     /// Only the rooms section (10, 1,000 and 10,000 rooms) of each back end.
     #[arg(long)]
     pub rooms_only: bool,
+    /// Only the broker-cluster section: classic queues on one node against quorum queues on
+    /// the cluster named by MESS_CHAT_CLUSTER_AMQP_URLS (scripts/rabbit-cluster.sh start).
+    #[arg(long, conflicts_with = "rooms_only")]
+    pub quorum_only: bool,
 }
 
 /// The `--backend` choices.
@@ -142,7 +147,16 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         backends: Vec::new(),
     };
     let mut failure = None;
-    if args.rooms_only {
+    if args.quorum_only {
+        let cluster = quorum::cluster_urls().ok_or_else(|| {
+            BenchError::Setup(format!(
+                "--quorum-only needs {} (eval \"$(scripts/rabbit-cluster.sh start)\")",
+                quorum::CLUSTER_URLS_VAR
+            ))
+        })?;
+        ends::real_urls()?;
+        report.backends.push(quorum::run(&plan, &cluster).await?);
+    } else if args.rooms_only {
         for which in backends {
             report
                 .backends
@@ -154,7 +168,17 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             .backends
             .push(scaling::run(only, &plan, args.quick).await?);
         match only {
-            Backend::Real => report.backends.push(instances::run(&plan).await?),
+            Backend::Real => {
+                report.backends.push(instances::run(&plan).await?);
+                match quorum::cluster_urls() {
+                    Some(cluster) => report.backends.push(quorum::run(&plan, &cluster).await?),
+                    None => eprintln!(
+                        "bench: no broker-cluster section: {} is unset (scripts/rabbit-cluster.sh \
+                         start prints it)",
+                        quorum::CLUSTER_URLS_VAR
+                    ),
+                }
+            }
             Backend::Embedded => report.backends.push(fanout::run(&plan).await?),
         }
     } else {
