@@ -25,7 +25,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, FindOneOptions, FindOptions, IndexOptions, ReturnDocument};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, FindOneOptions, FindOptions, IndexOptions, ReadConcern,
+    ReturnDocument, WriteConcern,
+};
 use mongodb::{Client, Collection, Database, IndexModel};
 use uuid::Uuid;
 
@@ -123,6 +126,21 @@ impl MongoStore {
         options.app_name = Some("mess-chat".into());
         options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
         options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
+        // On a replica set, a write is acknowledged once a majority of members journaled it (so
+        // no election can roll it back: a message is acked to the broker, and a send answered
+        // "stored", only after that), and reads see only such writes. The URL may say otherwise
+        // (`w=`, `journal=`, `readConcernLevel=`).
+        if options.write_concern.is_none() {
+            options.write_concern = Some(
+                WriteConcern::builder()
+                    .w(Acknowledgment::Majority)
+                    .journal(true)
+                    .build(),
+            );
+        }
+        if options.read_concern.is_none() {
+            options.read_concern = Some(ReadConcern::majority());
+        }
         let client = Client::with_options(options)?;
         Ok(Self {
             db: client.database(db_name),
