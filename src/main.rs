@@ -53,10 +53,14 @@ enum Command {
 
 #[derive(Args)]
 struct MigrateArgs {
-    /// RabbitMQ URL: also take the earlier versions' broker topology apart (old `<alias>` inbox
-    /// queues, a room's queue bound to its own exchange). Unset: the store only.
+    /// RabbitMQ URL (or a cluster's nodes' URLs, separated by commas): also take the earlier
+    /// versions' broker topology apart (old `<alias>` inbox queues, a room's queue bound to its
+    /// own exchange) and declare this version's. Unset: the store only.
     #[arg(long, env = "MESS_CHAT_AMQP_URL")]
     amqp_url: Option<String>,
+    /// Type of the queues declared (as `serve --queue-type`).
+    #[arg(long, env = "MESS_CHAT_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
+    queue_type: QueueType,
     /// MongoDB URL; unset: the embedded store in --data-dir.
     #[arg(long, env = "MESS_CHAT_MONGO_URL")]
     mongo_url: Option<String>,
@@ -443,10 +447,11 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(url) = &args.amqp_url {
-        let upgraded = upgrade_topology(url, store.as_ref()).await?;
+        let upgraded = upgrade_topology(url, args.queue_type, store.as_ref()).await?;
         eprintln!(
-            "broker: removed {} old bindings and deleted {} old inbox queues",
-            upgraded.unbound, upgraded.deleted
+            "broker: removed {} old bindings and deleted {} old inbox queues; declared the \
+             topology of {} group rooms",
+            upgraded.unbound, upgraded.deleted, upgraded.declared
         );
         if !upgraded.in_use.is_empty() {
             anyhow::bail!(
@@ -459,30 +464,60 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Takes the earlier broker topology of every group room in the store apart.
+/// What `migrate` did on the broker.
+struct TopologyUpgrade {
+    unbound: usize,
+    deleted: usize,
+    in_use: Vec<String>,
+    /// Group rooms whose topology (exchange, `inbox.<alias>` queues bound to it) was declared.
+    declared: usize,
+}
+
+/// Takes the earlier broker topology of every group room in the store apart, then declares this
+/// version's (so the members' new inboxes are bound before any instance starts).
 async fn upgrade_topology(
     url: &str,
+    queue_type: QueueType,
     store: &dyn Store,
-) -> anyhow::Result<mess_chat::broker::rmq::legacy::Upgraded> {
+) -> anyhow::Result<TopologyUpgrade> {
+    use mess_chat::broker::rmq::RabbitBroker;
     use mess_chat::broker::rmq::legacy::{LegacyRoom, upgrade};
     let names = store
         .load_room_list(mess_chat::service::ROOM_LIST_NAME)
         .await?
         .map(|list| list.rooms)
         .unwrap_or_default();
-    let mut rooms = Vec::new();
+    let mut metas = Vec::new();
     for name in &names {
         if let Some(meta) = store.load_room(name).await?
             && meta.group_room
         {
-            rooms.push(LegacyRoom {
-                name: meta.name,
-                members: meta.members,
-            });
+            metas.push(meta);
         }
     }
+    let rooms: Vec<LegacyRoom> = metas
+        .iter()
+        .map(|meta| LegacyRoom {
+            name: meta.name.clone(),
+            members: meta.members.clone(),
+        })
+        .collect();
     let is_room = |queue: &str| names.iter().any(|name| name.as_str() == queue);
-    Ok(upgrade(url, &rooms, is_room).await?)
+    let upgraded = upgrade(url, &rooms, is_room).await?;
+    let mut declared = 0;
+    if upgraded.in_use.is_empty() {
+        let broker = RabbitBroker::new(url).with_queue_type(queue_type);
+        for meta in &metas {
+            mess_chat::room::declare_topology(&broker, meta).await?;
+            declared += 1;
+        }
+    }
+    Ok(TopologyUpgrade {
+        unbound: upgraded.unbound,
+        deleted: upgraded.deleted,
+        in_use: upgraded.in_use,
+        declared,
+    })
 }
 
 /// Prints each live message of a room as `[seq] from: text`; reconnects where it left off.

@@ -685,3 +685,50 @@ async fn quorum_rooms_get_quorum_queues_and_a_classic_instance_refuses_to_start_
     quorum.delete_inbox(&ann).await.unwrap();
     env.cleanup(&[(r, true)], &[ann]).await;
 }
+
+/// Whether `rabbitmqctl list_bindings` shows `source` bound to `destination`.
+async fn is_bound(source: &str, destination: &str) -> bool {
+    let bindings = rabbitmqctl(&[
+        "list_bindings",
+        "-q",
+        "--no-table-headers",
+        "source_name",
+        "destination_name",
+    ])
+    .await;
+    bindings
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == [source, destination])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_declares_again_an_exchange_deleted_while_the_service_was_down() {
+    let mut t = TestServer::start(Backend::Real).await;
+    let (r, ann) = (room("sweep"), alias("ann"));
+    let params = SendParams {
+        room_name: r.to_string(),
+        message: "hi".into(),
+        from_alias: ann.to_string(),
+        group_room: Some(true),
+        ..Default::default()
+    };
+    t.client.send(&params).await.unwrap();
+    let inbox = format!("inbox.{ann}");
+    assert!(is_bound(r.as_str(), &inbox).await);
+    t.stop().await;
+    let conn = observer().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .exchange_delete(r.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    assert!(!exchange_exists(&conn, r.as_str()).await);
+    // A restarted instance subscribes its rooms first (declaring only their queues), then its
+    // topology sweep declares every room's exchange and members' bindings again.
+    t.restart().await;
+    eventually("the exchange is back, the inbox bound to it", async || {
+        exchange_exists(&conn, r.as_str()).await && is_bound(r.as_str(), &inbox).await
+    })
+    .await;
+    t.cleanup().await;
+}

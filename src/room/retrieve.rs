@@ -88,6 +88,12 @@ pub struct RoomConsumer {
     /// Told when the room is in use (a send waits for it): its consumer subscribes without
     /// waiting for a permit.
     pub urgent: Arc<tokio::sync::Notify>,
+    /// Started with the instance, not subscribed yet: the first subscription declares only the
+    /// room's queue (it must exist to be consumed). The room's exchange and its members' inbox
+    /// bindings were declared, durable, when the room was made and when they joined; the
+    /// instance's topology sweep declares them again once every room is subscribed. So an
+    /// instance with 10,000 rooms is ready after two broker operations per room, not a handful.
+    pub at_start: std::sync::atomic::AtomicBool,
 }
 
 /// How a subscription ended.
@@ -175,7 +181,14 @@ impl RoomConsumer {
                 let Some(meta) = self.store.load_room(&self.room).await? else {
                     return Ok(None);
                 };
-                declare_topology(self.broker.as_ref(), &meta).await?;
+                if self
+                    .at_start
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    self.broker.declare_room(&meta.name, false).await?;
+                } else {
+                    declare_topology(self.broker.as_ref(), &meta).await?;
+                }
                 meta
             }
         };

@@ -575,6 +575,7 @@ async fn the_consumer_numbers_stores_and_announces_messages_once() {
         created: Default::default(),
         subscribing: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         urgent: Default::default(),
+        at_start: Default::default(),
     };
     let task = tokio::spawn(retrieve::retrieve_messages(consumer, shutdown.clone()));
 
@@ -656,6 +657,7 @@ async fn a_consumer_behind_another_numberer_renumbers_after_the_stored_last() {
         created: Default::default(),
         subscribing: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         urgent: Default::default(),
+        at_start: Default::default(),
     };
     let task = tokio::spawn(retrieve::retrieve_messages(consumer, shutdown.clone()));
     room.send_message("first".into(), props(&room))
@@ -722,6 +724,7 @@ async fn copies_of_a_stored_message_in_one_batch_all_read_as_the_stored_copy() {
         created: Default::default(),
         subscribing: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         urgent: Default::default(),
+        at_start: Default::default(),
     };
     let task = tokio::spawn(retrieve::retrieve_messages(consumer, shutdown.clone()));
     eventually("the batch announced", || heard.texts().len() == 3).await;

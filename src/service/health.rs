@@ -95,6 +95,15 @@ impl RoomHealth {
         }
     }
 
+    /// How many consumers started with the instance have not subscribed yet.
+    pub fn starting_count(&self) -> usize {
+        self.rooms()
+            .states
+            .values()
+            .filter(|state| state.as_ref().is_some_and(|not| not.starting))
+            .count()
+    }
+
     /// The rooms whose consumer is starting, or has been failing for at least `grace`, in name
     /// order, with why.
     pub fn stalled(&self, grace: Duration) -> Vec<(RoomName, String)> {

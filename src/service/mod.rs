@@ -245,6 +245,10 @@ impl ChatService {
             .clone()
             .keep_limits_small(service.inner.shutdown.child_token());
         service.inner.tasks.spawn(forget);
+        let sweep = service
+            .clone()
+            .sweep_topology(service.inner.shutdown.child_token());
+        service.inner.tasks.spawn(sweep);
         let (leased, leasing) = tokio::sync::oneshot::channel();
         let lease = service
             .clone()

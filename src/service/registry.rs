@@ -4,13 +4,22 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use super::error::ChatError;
 use super::events::Announcer;
 use super::{ChatService, Consumer};
 use crate::model::{Alias, RoomMeta, RoomName};
-use crate::room::ChatRoom;
 use crate::room::retrieve::{RoomConsumer, retrieve_messages};
+use crate::room::{ChatRoom, declare_topology};
+
+/// Rooms whose topology the sweep declares at once (it runs beside the service's work).
+const SWEEPING_AT_ONCE: usize = 4;
+/// How long the sweep waits for the consumers started with the instance to subscribe.
+const SWEEP_WAIT: Duration = Duration::from_secs(600);
 
 impl ChatService {
     /// The room with this name: the loaded one, or loaded now from the store (metadata and newest
@@ -143,6 +152,7 @@ impl ChatService {
             created: std::sync::Mutex::new(created),
             subscribing: inner.subscribing.clone(),
             urgent,
+            at_start: at_start.into(),
         };
         let service = self.clone();
         let name = name.clone();
@@ -158,6 +168,70 @@ impl ChatService {
                 consumers.remove(&name);
             }
         });
+    }
+
+    /// The topology sweep: once every consumer started with the instance has subscribed (each
+    /// declared only its room's queue), declares every listed room's whole topology again, a
+    /// few rooms at a time: an exchange or a member's binding deleted behind the service, or
+    /// made by an earlier version's layout, is back within the sweep.
+    pub(super) async fn sweep_topology(self, shutdown: CancellationToken) {
+        let deadline = tokio::time::Instant::now() + SWEEP_WAIT;
+        while !self.inner.started.load(Ordering::Relaxed) || self.inner.health.starting_count() > 0
+        {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("rooms still starting; sweeping the topology anyway");
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let names = match self.inner.rooms.stored_names().await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the room list; no topology sweep");
+                return;
+            }
+        };
+        let started = std::time::Instant::now();
+        let swept = futures_util::stream::iter(names)
+            .map(|name| {
+                let service = self.clone();
+                async move {
+                    let Ok(Some(meta)) = service.inner.store.load_room(&name).await else {
+                        return false;
+                    };
+                    // A room deleted meanwhile has no consumer any more: its topology stays gone.
+                    if !service.has_consumer(&name) {
+                        return false;
+                    }
+                    declare_topology(service.inner.broker.as_ref(), &meta)
+                        .await
+                        .is_ok()
+                }
+            })
+            .buffer_unordered(SWEEPING_AT_ONCE)
+            .take_until(shutdown.cancelled())
+            .fold((0usize, 0usize), |(ok, failed), done| async move {
+                if done {
+                    (ok + 1, failed)
+                } else {
+                    (ok, failed + 1)
+                }
+            })
+            .await;
+        tracing::info!(rooms = swept.0, not_swept = swept.1, took = ?started.elapsed(),
+            "topology declared again");
+    }
+
+    /// Whether the room has a consumer on this instance (it is listed, and not deleted).
+    fn has_consumer(&self, name: &RoomName) -> bool {
+        self.inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
     }
 
     /// Stops the room's consumer on this instance.

@@ -43,12 +43,23 @@ pub async fn upgrade(
     rooms: &[LegacyRoom],
     is_room: impl Fn(&str) -> bool,
 ) -> Result<Upgraded, BrokerError> {
-    let properties =
-        ConnectionProperties::default().with_connection_name("mess-chat-migrate".into());
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
-        .await
-        .map_err(|_| BrokerError::Unavailable("RabbitMQ did not answer in time".into()))?
-        .map_err(unavailable)?;
+    let mut connected = None;
+    let mut failure = BrokerError::Unavailable("no RabbitMQ URL was given".into());
+    for node in super::node_urls(url) {
+        let properties =
+            ConnectionProperties::default().with_connection_name("mess-chat-migrate".into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&node, properties)).await {
+            Ok(Ok(connection)) => {
+                connected = Some(connection);
+                break;
+            }
+            Ok(Err(e)) => failure = unavailable(e),
+            Err(_) => failure = BrokerError::Unavailable("RabbitMQ did not answer in time".into()),
+        }
+    }
+    let Some(connection) = connected else {
+        return Err(failure);
+    };
     let result = take_apart(&connection, rooms, is_room).await;
     let _ = connection.close(200, "migrated".into()).await;
     result
