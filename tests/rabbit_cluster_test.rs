@@ -1,7 +1,8 @@
 //! mess-chat on a three-node RabbitMQ cluster with quorum queues (`scripts/rabbit-cluster.sh`,
 //! started by `scripts/test.sh`, which exports `MESS_CHAT_CLUSTER_AMQP_URLS`). Under send load
-//! through two instances, one node is killed (SIGKILL, as a host dies): first the node an instance
-//! is connected to, then the node leading the rooms' queues. Sends are refused with 503 for a few
+//! through two instances, one node goes: first the node an instance is connected to is stopped
+//! (`rabbitmqctl stop`), then the node leading the rooms' queues is killed (SIGKILL, as a host
+//! dies). Sends are refused with 503 for a few
 //! seconds at most, every send answered 2xx is stored exactly once and numbered 1..N without a
 //! gap, and the node, revived, rejoins the cluster.
 //!
@@ -134,9 +135,9 @@ async fn until_accepted(base: &str, room: &RoomName) -> Duration {
 /// Which node to kill, given the node leading the rooms' queues.
 #[derive(Clone, Copy)]
 enum Victim {
-    /// The node the first instance is connected to (no room's queue leader).
+    /// The node the first instance is connected to (no room's queue leader), stopped.
     Connected,
-    /// The node leading the rooms' queues (no instance connected to it).
+    /// The node leading the rooms' queues (no instance connected to it), killed.
     Leader,
 }
 
@@ -163,19 +164,19 @@ async fn lose_a_node_under_load(victim: Victim) {
     let leader = leader_of(rooms[0].as_str(), 1).await;
     let others: Vec<usize> = (1..=NODES).filter(|n| *n != leader).collect();
     let (a, b) = (serve(others[0]).await, serve(others[1]).await);
-    let killed = match victim {
-        Victim::Connected => others[0],
-        Victim::Leader => leader,
+    let (killed, how) = match victim {
+        Victim::Connected => (others[0], "stop-node"),
+        Victim::Leader => (leader, "kill"),
     };
 
     let bases = Arc::new(Mutex::new(vec![a.base.clone(), b.base.clone()]));
     let load = Load::start(bases, rooms.clone(), 6);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    cluster(&["kill", &killed.to_string()]).await;
+    cluster(&[how, &killed.to_string()]).await;
     let refused_a = until_accepted(&a.base, &rooms[0]).await;
     let refused_b = until_accepted(&b.base, &rooms[1]).await;
     eprintln!(
-        "node {killed} killed: sends accepted again after {refused_a:?} (a), {refused_b:?} (b)"
+        "node {killed} gone ({how}): sends accepted again after {refused_a:?} (a), {refused_b:?} (b)"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (acked, mut senders) = load.stop().await;
@@ -209,11 +210,11 @@ async fn stop(mut service: Service) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_the_node_an_instance_is_connected_to_loses_no_acknowledged_send() {
+async fn stopping_the_node_an_instance_is_connected_to_loses_no_acknowledged_send() {
     lose_a_node_under_load(Victim::Connected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_the_node_leading_the_rooms_queues_loses_no_acknowledged_send() {
+async fn killing_the_node_leading_the_rooms_queues_loses_no_acknowledged_send() {
     lose_a_node_under_load(Victim::Leader).await;
 }
