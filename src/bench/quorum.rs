@@ -10,10 +10,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use super::BenchError;
-use super::ends::{Ends, host_of};
+use super::ends::host_of;
 use super::instances::{CONCURRENCY, RATE, closed, latency};
 use super::load::{ClosedLoop, LatencyRun, Load, TEXT};
-use super::plan::{Backend, Plan};
+use super::plan::Plan;
 use super::progress::Progress;
 use super::report::{BackendReport, Row, Unit};
 use crate::broker::rmq::{RabbitBroker, node_urls};
@@ -36,34 +36,89 @@ pub fn cluster_urls() -> Option<String> {
 /// A room of one instance, as the clean-up needs it.
 type Made = Vec<(RoomName, bool, Vec<Alias>)>;
 
+/// One measured instance: what it runs on, and what it made.
+struct Part {
+    /// Its name in the progress and the problems.
+    how: &'static str,
+    broker: Arc<dyn Broker>,
+    /// Its own database (an instance starts a consumer for every room of its database: one
+    /// database would declare the classic rooms on the cluster too).
+    store: Arc<MongoStore>,
+    /// What its load's room names start with.
+    rooms_id: String,
+    /// The rooms it made, for the clean-up.
+    made: Made,
+}
+
+impl Part {
+    /// Deletes the rooms it made from its broker and drops its database; says what it could not.
+    async fn clean_up(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut failed = 0;
+        for (room, group_room, members) in &self.made {
+            failed += usize::from(self.broker.delete_room(room, *group_room).await.is_err());
+            for alias in members.iter().filter(|_| *group_room) {
+                failed += usize::from(self.broker.delete_inbox(alias).await.is_err());
+            }
+        }
+        if failed > 0 {
+            problems.push(format!(
+                "{}: {failed} queues or exchanges could not be deleted",
+                self.how
+            ));
+        }
+        if let Err(e) = self.store.drop_database().await {
+            problems.push(format!("{}: could not drop its database: {e}", self.how));
+        }
+        problems
+    }
+}
+
+/// What one instance measured.
+struct One {
+    sends: ClosedLoop,
+    stored: LatencyRun,
+}
+
 /// Runs the section and cleans up whether or not it succeeded.
 pub async fn run(plan: &Plan, cluster: &str) -> Result<BackendReport, BenchError> {
     let run_id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let progress = Progress::new("quorum");
-    let ends = Ends::open(Backend::Real, &run_id).await?;
-    let quorum = Arc::new(RabbitBroker::new(cluster).with_queue_type(QueueType::Quorum));
-    let mut classic_rooms = Made::new();
-    let mut quorum_rooms = Made::new();
+    let (amqp_url, mongo_url) = super::ends::real_urls()?;
+    let database = run_id.replace('-', "_");
+    let classic = RabbitBroker::new(&amqp_url);
+    let quorum = RabbitBroker::new(cluster).with_queue_type(QueueType::Quorum);
+    for (broker, which) in [(&classic, "RabbitMQ"), (&quorum, "the cluster")] {
+        broker
+            .ping()
+            .await
+            .map_err(|e| BenchError::Setup(format!("cannot reach {which}: {e}")))?;
+    }
+    let mut parts = [
+        Part {
+            how: "classic, 1 node",
+            broker: Arc::new(classic),
+            store: Arc::new(MongoStore::connect(&mongo_url, &format!("{database}_c")).await?),
+            rooms_id: format!("{run_id}-c"),
+            made: Made::new(),
+        },
+        Part {
+            how: "quorum, cluster",
+            broker: Arc::new(quorum),
+            store: Arc::new(MongoStore::connect(&mongo_url, &format!("{database}_q")).await?),
+            rooms_id: format!("{run_id}-q"),
+            made: Made::new(),
+        },
+    ];
     let measured = tokio::select! {
-        measured = measure(&ends, &quorum, &run_id, plan, &progress, &mut classic_rooms, &mut quorum_rooms) => measured,
+        measured = measure(&mut parts, plan, &progress) => measured,
         _ = tokio::signal::ctrl_c() => Err(BenchError::Interrupted),
     };
     let phase = progress.counted("clean up", 1);
     let mut problems = Vec::new();
-    let mut failed = 0;
-    for (room, group_room, members) in &quorum_rooms {
-        failed += usize::from(quorum.delete_room(room, *group_room).await.is_err());
-        for alias in members.iter().filter(|_| *group_room) {
-            failed += usize::from(quorum.delete_inbox(alias).await.is_err());
-        }
+    for part in &parts {
+        problems.extend(part.clean_up().await);
     }
-    if failed > 0 {
-        problems.push(format!(
-            "{failed} queues or exchanges on the cluster could not be deleted"
-        ));
-    }
-    let (broker, store) = ends.describe();
-    problems.extend(ends.clean_up(classic_rooms).await);
     phase.finish(if problems.is_empty() {
         "nothing left behind"
     } else {
@@ -76,13 +131,18 @@ pub async fn run(plan: &Plan, cluster: &str) -> Result<BackendReport, BenchError
     Ok(BackendReport {
         backend: "real, quorum".into(),
         broker: format!(
-            "{broker}; then quorum queues on the {}-node cluster at {}",
+            "classic queues on RabbitMQ at {}, then quorum queues on the {}-node cluster at {}; \
+             persistent messages, publisher confirms",
+            host_of(&amqp_url),
             nodes.len(),
             nodes.join(", ")
         ),
-        store,
+        store: format!(
+            "MongoDB protocol at {}, databases {database}_c and _q (dropped after)",
+            host_of(&mongo_url)
+        ),
         load: format!(
-            "one instance at a time; private rooms; sends spread over {} rooms; {}-byte texts",
+            "one instance at a time; sends spread over {} rooms; {}-byte texts",
             plan.pool,
             TEXT.len()
         ),
@@ -91,45 +151,31 @@ pub async fn run(plan: &Plan, cluster: &str) -> Result<BackendReport, BenchError
     })
 }
 
-/// What one instance measured, and the rooms it made.
-struct One {
-    sends: ClosedLoop,
-    stored: LatencyRun,
-    made: Made,
-}
-
-/// Measures one instance on `broker` (its rooms named after `rooms_id`), then stops it. Nothing
-/// fails once the instance runs, so every room it made reaches the clean-up.
+/// Measures one instance as `part` says, then stops it, noting the rooms it made.
 async fn measure_one(
-    ends: &Ends,
-    broker: Arc<dyn Broker>,
-    rooms_id: &str,
-    how: &str,
+    part: &mut Part,
     plan: &Plan,
     progress: &Progress,
     problems: &mut Vec<String>,
 ) -> Result<One, BenchError> {
-    let Ends::Real {
-        mongo_url,
-        database,
-        ..
-    } = ends
-    else {
-        return Err(BenchError::Setup(
-            "quorum queues need the real back ends".into(),
-        ));
-    };
-    let store = Arc::new(MongoStore::connect(mongo_url, database).await?);
+    let how = part.how;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let server = Server::start_with(listener, broker, store, ServiceConfig::default()).await?;
-    let load = Load::new(server.addr(), rooms_id, plan.pool)?;
+    let store = part.store.clone();
+    let server = Server::start_with(
+        listener,
+        part.broker.clone(),
+        store,
+        ServiceConfig::default(),
+    )
+    .await?;
+    let load = Load::new(server.addr(), &part.rooms_id, plan.pool)?;
     let phase = progress.counted(format!("create the {} load rooms, {how}", plan.pool), 1);
     let (_, errors) = load.create_pool().await;
     phase.finish("done");
     super::instances::note(problems, &format!("load rooms, {how}"), &errors);
     let sends = closed(&load, how, plan, progress, problems).await;
     let stored = latency(&load, how, plan, progress, problems).await;
-    let made = server
+    part.made = server
         .service()
         .rooms()
         .rooms()
@@ -139,51 +185,19 @@ async fn measure_one(
     if let Err(e) = server.stop().await {
         problems.push(format!("the {how} instance did not stop cleanly: {e}"));
     }
-    Ok(One {
-        sends,
-        stored,
-        made,
-    })
+    Ok(One { sends, stored })
 }
 
 async fn measure(
-    ends: &Ends,
-    quorum: &Arc<RabbitBroker>,
-    run_id: &str,
+    parts: &mut [Part; 2],
     plan: &Plan,
     progress: &Progress,
-    classic_rooms: &mut Made,
-    quorum_rooms: &mut Made,
 ) -> Result<(Vec<Row>, Vec<String>), BenchError> {
     let mut problems = Vec::new();
-    quorum.ping().await.map_err(|e| {
-        BenchError::Setup(format!(
-            "cannot reach the cluster ({CLUSTER_URLS_VAR}): {e}"
-        ))
-    })?;
-    let classic = measure_one(
-        ends,
-        ends.broker(),
-        &format!("{run_id}-c"),
-        "classic, 1 node",
-        plan,
-        progress,
-        &mut problems,
-    )
-    .await?;
-    classic_rooms.extend(classic.made.iter().cloned());
-    let replicated = measure_one(
-        ends,
-        quorum.clone(),
-        &format!("{run_id}-q"),
-        "quorum, cluster",
-        plan,
-        progress,
-        &mut problems,
-    )
-    .await?;
-    quorum_rooms.extend(replicated.made.iter().cloned());
-    Ok((rows(classic, replicated), problems))
+    let [classic, quorum] = parts;
+    let classic = measure_one(classic, plan, progress, &mut problems).await?;
+    let quorum = measure_one(quorum, plan, progress, &mut problems).await?;
+    Ok((rows(classic, quorum), problems))
 }
 
 fn rows(classic: One, quorum: One) -> Vec<Row> {
