@@ -702,7 +702,7 @@ async fn is_bound(source: &str, destination: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_declares_again_an_exchange_deleted_while_the_service_was_down() {
+async fn a_restart_declares_again_an_exchange_deleted_while_the_service_was_down_and_fans_out() {
     let mut t = TestServer::start(Backend::Real).await;
     let (r, ann) = (room("sweep"), alias("ann"));
     let params = SendParams {
@@ -728,6 +728,17 @@ async fn a_restart_declares_again_an_exchange_deleted_while_the_service_was_down
     t.restart().await;
     eventually("the exchange is back, the inbox bound to it", async || {
         exchange_exists(&conn, r.as_str()).await && is_bound(r.as_str(), &inbox).await
+    })
+    .await;
+    // The room's consumer, started with the instance, read that the room is a group room when
+    // its first batch came: the new message is copied to the inbox.
+    let again = SendParams {
+        message: "again".into(),
+        ..params
+    };
+    t.client.send(&again).await.unwrap();
+    eventually("the inbox holds both copies", async || {
+        queue_ready_count(&conn, &inbox).await == Some(2)
     })
     .await;
     t.cleanup().await;

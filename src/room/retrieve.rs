@@ -88,11 +88,13 @@ pub struct RoomConsumer {
     /// Told when the room is in use (a send waits for it): its consumer subscribes without
     /// waiting for a permit.
     pub urgent: Arc<tokio::sync::Notify>,
-    /// Started with the instance, not subscribed yet: the first subscription declares only the
-    /// room's queue (it must exist to be consumed). The room's exchange and its members' inbox
-    /// bindings were declared, durable, when the room was made and when they joined; the
-    /// instance's topology sweep declares them again once every room is subscribed. So an
-    /// instance with 10,000 rooms is ready after two broker operations per room, not a handful.
+    /// Started with the instance (the room is in the stored list), not subscribed yet: the
+    /// first subscription reads nothing from the store and declares only the room's queue (it
+    /// must exist to be consumed). The room's metadata is read when its first batch arrives; its
+    /// exchange and members' inbox bindings were declared, durable, when it was made and when
+    /// they joined, and the instance's topology sweep declares them again once every room is
+    /// subscribed. So an instance with 10,000 rooms is ready after two broker operations per
+    /// room, not a store read and a handful of them.
     pub at_start: std::sync::atomic::AtomicBool,
 }
 
@@ -111,8 +113,9 @@ enum Ended {
 struct Numbering {
     /// The room's last stored number, read when the first batch arrives; `None` before.
     last: Option<u64>,
-    /// A group room fans stored messages out to its members' inboxes.
-    group_room: bool,
+    /// A group room fans stored messages out to its members' inboxes; `None` until the room's
+    /// metadata is read (at the first batch of a consumer started with the instance).
+    group_room: Option<bool>,
 }
 
 /// Runs the room's consumer until `shutdown` fires or the room is deleted: loads the room's
@@ -130,14 +133,14 @@ impl RoomConsumer {
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             match self.subscribe().await {
-                Ok(Some((stream, meta))) => {
+                Ok(Some((stream, group_room))) => {
                     metrics::counter!(m::CONSUMER_STARTS).increment(1);
                     self.announce.health(room, Health::Consuming);
                     backoff.reset();
                     tracing::debug!(%room, "consuming");
                     let numbering = Numbering {
                         last: None,
-                        group_room: meta.group_room,
+                        group_room,
                     };
                     match self.drain(stream, numbering, shutdown).await {
                         Ended::Stop => return,
@@ -163,9 +166,11 @@ impl RoomConsumer {
 }
 
 impl RoomConsumer {
-    /// The room's stored metadata, its topology declared, and a subscription; `None` if the room
-    /// no longer exists.
-    async fn subscribe(&self) -> Result<Option<(Box<dyn DeliveryStream>, RoomMeta)>, RoomError> {
+    /// A subscription, the room's topology declared (see [`RoomConsumer::at_start`]), and
+    /// whether it is a group room if that was read; `None` if the room no longer exists.
+    async fn subscribe(
+        &self,
+    ) -> Result<Option<(Box<dyn DeliveryStream>, Option<bool>)>, RoomError> {
         let _permit = tokio::select! {
             permit = self.subscribing.acquire() => permit.ok(),
             _ = self.urgent.notified() => None,
@@ -175,25 +180,25 @@ impl RoomConsumer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let meta = match created {
-            Some(meta) => meta,
+        let group_room = match created {
+            Some(meta) => Some(meta.group_room),
+            None if self
+                .at_start
+                .swap(false, std::sync::atomic::Ordering::Relaxed) =>
+            {
+                self.broker.declare_room(&self.room, false).await?;
+                None
+            }
             None => {
                 let Some(meta) = self.store.load_room(&self.room).await? else {
                     return Ok(None);
                 };
-                if self
-                    .at_start
-                    .swap(false, std::sync::atomic::Ordering::Relaxed)
-                {
-                    self.broker.declare_room(&meta.name, false).await?;
-                } else {
-                    declare_topology(self.broker.as_ref(), &meta).await?;
-                }
-                meta
+                declare_topology(self.broker.as_ref(), &meta).await?;
+                Some(meta.group_room)
             }
         };
         let stream = self.broker.consume(&self.room).await?;
-        Ok(Some((stream, meta)))
+        Ok(Some((stream, group_room)))
     }
 
     /// Handles deliveries until the subscription ends or shutdown.
@@ -284,6 +289,12 @@ impl RoomConsumer {
             return Handled::Done;
         }
         let retry = Retry { open, shutdown };
+        if numbering.group_room.is_none() {
+            match self.group_room(&retry).await {
+                Ok(group_room) => numbering.group_room = Some(group_room),
+                Err(handled) => return handled,
+            }
+        }
         // Only a redelivery can have been stored already by a consumer of this room: look those
         // up first (one read). A fresh delivery can be stored already only if a client retried
         // with an idempotency key; the write itself catches that.
@@ -344,7 +355,7 @@ impl RoomConsumer {
             duplicates = outcome.len() - stored.len(), last = ?numbering.last, "batch stored");
         self.announce.health(&self.room, Health::Consuming);
         self.announce.stored(&self.room, &outcome).await;
-        if numbering.group_room && !stored.is_empty() {
+        if numbering.group_room == Some(true) && !stored.is_empty() {
             self.fan_out(&outcome, &stored).await;
         }
         let mut channel_ok = true;
@@ -392,6 +403,26 @@ impl RoomConsumer {
     }
 
     /// The room's last stored sequence number, retrying through outages.
+    /// Whether the room is a group room, read from the store (retried through an outage). A room
+    /// deleted meanwhile stops its consumer, its deliveries unacknowledged.
+    async fn group_room(&self, retry: &Retry<'_>) -> Result<bool, Handled> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.store.load_room(&self.room).await {
+                Ok(Some(meta)) => return Ok(meta.group_room),
+                Ok(None) => {
+                    tracing::info!(room = %self.room, "room deleted; its consumer stops");
+                    return Err(Handled::Stopped);
+                }
+                Err(e) => {
+                    metrics::counter!(m::STORE_ERRORS).increment(1);
+                    tracing::warn!(room = %self.room, error = %e, "cannot read the store; retrying");
+                    retry.wait(&mut backoff).await?;
+                }
+            }
+        }
+    }
+
     async fn last_stored(&self, retry: &Retry<'_>) -> Result<u64, Handled> {
         let mut backoff = Backoff::default();
         loop {
