@@ -617,9 +617,9 @@ async fn a_broker_restart_under_load_on_two_instances_loses_and_renumbers_nothin
     let bases = Arc::new(Mutex::new(c.bases.clone()));
     let senders = AuthedLoad::start(&c, bases, rooms.clone(), 6).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    rabbitmqctl(&["stop_app"]).await;
+    common::rabbitmqctl(&["stop_app"]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    rabbitmqctl(&["start_app"]).await;
+    common::rabbitmqctl(&["start_app"]).await;
     // Both instances store sends again.
     for i in 0..2 {
         let mut attempt = 0;
@@ -647,17 +647,6 @@ async fn a_broker_restart_under_load_on_two_instances_loses_and_renumbers_nothin
         );
     }
     c.cleanup().await;
-}
-
-/// Runs `rabbitmqctl` with `args`, which must succeed.
-async fn rabbitmqctl(args: &[&str]) {
-    let status = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "rabbitmqctl {args:?}");
 }
 
 /// Members of every room sending REST messages in turn through the instances, recording each

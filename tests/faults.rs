@@ -97,17 +97,6 @@ async fn acked_sends_survive_a_crash_of_the_embedded_service() {
     crash_under_load(Backend::Embedded).await;
 }
 
-/// Runs `rabbitmqctl` with `args`, which must succeed.
-async fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "rabbitmqctl {args:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_sends_survive_a_broker_restart_and_the_service_reconnects() {
     let _turn = TAKE_TURNS.lock().await;
@@ -117,7 +106,7 @@ async fn acked_sends_survive_a_broker_restart_and_the_service_reconnects() {
     let load = Load::start(Arc::new(Mutex::new(vec![base.clone()])), rooms.clone(), 6);
     tokio::time::sleep(Duration::from_millis(800)).await;
 
-    rabbitmqctl(&["stop_app"]).await;
+    common::rabbitmqctl(&["stop_app"]).await;
     // While the broker is away, a send is refused quickly with a JSON 503.
     let probe = send_url(&base, &rooms[0], "prober", "during-outage");
     let started = Instant::now();
@@ -133,7 +122,7 @@ async fn acked_sends_survive_a_broker_restart_and_the_service_reconnects() {
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 503);
 
-    rabbitmqctl(&["start_app"]).await;
+    common::rabbitmqctl(&["start_app"]).await;
     let back = Instant::now();
     let ok_again = loop {
         let probe = send_url(

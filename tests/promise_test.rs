@@ -529,18 +529,6 @@ async fn credentials_never_reach_the_log() {
 
 // ---------------------------------------------------------------- real back end, topology
 
-/// Runs `rabbitmqctl` with `args`, which must succeed, and returns its output.
-async fn rabbitmqctl(args: &[&str]) -> String {
-    let output = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 async fn observer() -> lapin::Connection {
     lapin::Connection::connect(&common::amqp_url(), lapin::ConnectionProperties::default())
         .await
@@ -874,19 +862,11 @@ impl Scene {
             store.load_room(never).await.unwrap().is_none(),
             "no room created"
         );
-        let bindings = rabbitmqctl(&[
-            "list_bindings",
-            "-q",
-            "--no-table-headers",
-            "source_name",
-            "destination_name",
-        ])
-        .await;
+        let bindings = common::bindings().await;
         let bound = |alias: &str| {
-            bindings.lines().any(|l| {
-                l.split_whitespace().collect::<Vec<_>>()
-                    == [self.room.as_str(), &format!("inbox.{alias}")]
-            })
+            bindings
+                .iter()
+                .any(|(s, d)| s == self.room.as_str() && *d == format!("inbox.{alias}"))
         };
         assert!(
             bound(&self.member.alias),
@@ -896,7 +876,8 @@ impl Scene {
             !bound(&self.outsider.alias),
             "the outsider's inbox was not bound"
         );
-        let queues = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name"]).await;
+        let queues =
+            common::rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name"]).await;
         assert!(
             !queues.lines().any(|q| q.trim() == never.as_str()),
             "no queue for the refused room"
@@ -948,7 +929,7 @@ async fn changes_refused_during_a_broker_outage_change_nothing() {
     let _alone = SERVICES.write().await;
     let s = scene().await;
     let restart = RestartBrokerOnDrop;
-    rabbitmqctl(&["stop_app"]).await;
+    common::rabbitmqctl(&["stop_app"]).await;
     let never = s.try_every_change().await;
     // Rooms that cannot be stored are named by /readyz (after a short grace).
     let ready = reqwest::get(format!("{}/readyz", s.t.client.base()))

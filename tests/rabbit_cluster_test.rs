@@ -71,14 +71,11 @@ async fn cluster(args: &[&str]) -> String {
 /// Runs `rabbitmqctl` against node `node` (1-based).
 async fn rabbitmqctl(node: usize, args: &[&str]) -> String {
     let name = format!("mc{node}@localhost");
-    let output = tokio::process::Command::new("rabbitmqctl")
-        .args(["-n", &name])
-        .args(args)
-        .output()
-        .await
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl -n {name} {args:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let args: Vec<&str> = ["-n", name.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    common::rabbitmqctl(&args).await
 }
 
 /// The node (1-based) leading the quorum queue `queue`, asked of node `ask`.

@@ -64,19 +64,9 @@ async fn exchange_exists(conn: &Connection, name: &str) -> bool {
         .is_ok()
 }
 
-async fn rabbitmqctl(args: &[&str]) -> String {
-    let output = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .await
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// `rabbitmqctl list_queues`' (ready, unacknowledged) counts for one queue.
 async fn queue_counts(name: &str) -> (u64, u64) {
-    let listing = rabbitmqctl(&[
+    let listing = common::rabbitmqctl(&[
         "list_queues",
         "-q",
         "--no-table-headers",
@@ -155,30 +145,23 @@ async fn group_room_topology_is_declared_on_the_broker() {
         Some(1),
         "inbox copies are numbered"
     );
-    let bindings = rabbitmqctl(&[
-        "list_bindings",
-        "-q",
-        "--no-table-headers",
-        "source_name",
-        "destination_name",
-    ])
-    .await;
+    let bindings = common::bindings().await;
     let bound = |destination: &str| {
         bindings
-            .lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == [r.as_str(), destination])
+            .iter()
+            .any(|(s, d)| s == r.as_str() && d == destination)
     };
     for destination in [&ann_inbox, &bob_inbox] {
         assert!(
             bound(destination),
-            "binding {r} → {destination} missing in:\n{bindings}"
+            "binding {r} → {destination} missing in:\n{bindings:?}"
         );
     }
     assert!(
         !bound(r.as_str()),
         "sends go straight to the room's queue, not through its exchange"
     );
-    let queues = rabbitmqctl(&[
+    let queues = common::rabbitmqctl(&[
         "list_queues",
         "-q",
         "--no-table-headers",
@@ -625,7 +608,8 @@ async fn a_room_queue_deleted_behind_the_service_is_declared_again() {
 
 /// The type `rabbitmqctl list_queues` gives each of these queues.
 async fn queue_types(names: &[&str]) -> Vec<String> {
-    let listing = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "type"]).await;
+    let listing =
+        common::rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "type"]).await;
     names
         .iter()
         .map(|name| {
@@ -686,21 +670,6 @@ async fn quorum_rooms_get_quorum_queues_and_a_classic_instance_refuses_to_start_
     env.cleanup(&[(r, true)], &[ann]).await;
 }
 
-/// Whether `rabbitmqctl list_bindings` shows `source` bound to `destination`.
-async fn is_bound(source: &str, destination: &str) -> bool {
-    let bindings = rabbitmqctl(&[
-        "list_bindings",
-        "-q",
-        "--no-table-headers",
-        "source_name",
-        "destination_name",
-    ])
-    .await;
-    bindings
-        .lines()
-        .any(|l| l.split_whitespace().collect::<Vec<_>>() == [source, destination])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_declares_again_an_exchange_deleted_while_the_service_was_down_and_fans_out() {
     let mut t = TestServer::start(Backend::Real).await;
@@ -714,7 +683,7 @@ async fn a_restart_declares_again_an_exchange_deleted_while_the_service_was_down
     };
     t.client.send(&params).await.unwrap();
     let inbox = format!("inbox.{ann}");
-    assert!(is_bound(r.as_str(), &inbox).await);
+    assert!(common::is_bound(r.as_str(), &inbox).await);
     t.stop().await;
     let conn = observer().await;
     let channel = conn.create_channel().await.unwrap();
@@ -727,7 +696,7 @@ async fn a_restart_declares_again_an_exchange_deleted_while_the_service_was_down
     // topology sweep declares every room's exchange and members' bindings again.
     t.restart().await;
     eventually("the exchange is back, the inbox bound to it", async || {
-        exchange_exists(&conn, r.as_str()).await && is_bound(r.as_str(), &inbox).await
+        exchange_exists(&conn, r.as_str()).await && common::is_bound(r.as_str(), &inbox).await
     })
     .await;
     // The room's consumer, started with the instance, read that the room is a group room when

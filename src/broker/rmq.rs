@@ -3,9 +3,9 @@
 //! One connection per [`RabbitBroker`], re-established on demand after it breaks (each call that
 //! finds it broken reconnects, within [`CONNECT_TIMEOUT`] per node, so a down broker turns into a
 //! quick [`BrokerError::Unavailable`] rather than a hang). Given the URLs of several nodes of one
-//! cluster, it connects to the one that answered last, else to the next that answers. Three shared channels, each re-opened on the
-//! same connection when the broker closed it (a refused declare closes its channel, and must not
-//! take anything else down):
+//! cluster, it connects to the one that answered last, else to the next that answers. Three
+//! shared channels, each re-opened on the same connection when the broker closed it (a refused
+//! declare closes its channel, and must not take anything else down):
 //! - `sends`: confirm mode, every room send (through the default exchange, so a missing room
 //!   exchange can never close it);
 //! - `notices`: confirm mode, cluster events and the fan-out of stored messages to inboxes;
@@ -185,23 +185,10 @@ impl RabbitBroker {
     async fn connect_any(&self) -> Result<Link, BrokerError> {
         use std::sync::atomic::Ordering::Relaxed;
         let first = self.preferred.load(Relaxed);
-        let mut failures = Vec::new();
-        for at in (0..self.urls.len()).map(|i| (first + i) % self.urls.len()) {
-            let url = &self.urls[at];
-            match tokio::time::timeout(CONNECT_TIMEOUT, connect(url)).await {
-                Ok(Ok(link)) => {
-                    self.preferred.store(at, Relaxed);
-                    tracing::info!(node = %redacted(url), "connected to RabbitMQ");
-                    return Ok(link);
-                }
-                Ok(Err(e)) => failures.push(format!("{}: {e}", redacted(url))),
-                Err(_) => failures.push(format!("{}: timed out connecting", redacted(url))),
-            }
-        }
-        if failures.is_empty() {
-            return Err(BrokerError::Unavailable("no RabbitMQ URL was given".into()));
-        }
-        Err(BrokerError::Unavailable(failures.join("; ")))
+        let (at, link) =
+            first_node(&self.urls, first, |url| async move { connect(&url).await }).await?;
+        self.preferred.store(at, Relaxed);
+        Ok(link)
     }
 
     fn current(&self) -> Option<Arc<Link>> {
@@ -740,6 +727,34 @@ impl Drop for RabbitAcker {
             });
         }
     }
+}
+
+/// Runs `connect` on the nodes of `urls` in turn, from the one at `first`, each within
+/// [`CONNECT_TIMEOUT`]; the first that succeeds, with its place in `urls`.
+async fn first_node<T, Fut>(
+    urls: &[String],
+    first: usize,
+    connect: impl Fn(String) -> Fut,
+) -> Result<(usize, T), BrokerError>
+where
+    Fut: std::future::Future<Output = lapin::Result<T>>,
+{
+    let mut failures = Vec::new();
+    for at in (0..urls.len()).map(|i| (first + i) % urls.len()) {
+        let url = &urls[at];
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect(url.clone())).await {
+            Ok(Ok(connected)) => {
+                tracing::info!(node = %redacted(url), "connected to RabbitMQ");
+                return Ok((at, connected));
+            }
+            Ok(Err(e)) => failures.push(format!("{}: {e}", redacted(url))),
+            Err(_) => failures.push(format!("{}: timed out connecting", redacted(url))),
+        }
+    }
+    if failures.is_empty() {
+        return Err(BrokerError::Unavailable("no RabbitMQ URL was given".into()));
+    }
+    Err(BrokerError::Unavailable(failures.join("; ")))
 }
 
 /// The node URLs in `urls`: one AMQP URL, or several separated by commas (a comma inside a

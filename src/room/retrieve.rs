@@ -36,7 +36,7 @@ use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery, DeliveryStream};
 use crate::metrics as m;
 use crate::model::{ChatMessage, MessageId, MessageType, RoomMeta, RoomName, now};
-use crate::store::{InsertStop, Store};
+use crate::store::{InsertStop, Store, StoreError};
 
 /// Most deliveries handled as one batch.
 pub const MAX_BATCH: usize = 256;
@@ -383,58 +383,54 @@ impl RoomConsumer {
         }
     }
 
-    /// The stored copies of those of `ids` the store has, retrying through outages.
+    /// Reads from the store, retrying through outages (until the subscription closes or the
+    /// instance stops).
+    async fn read<T, Fut>(&self, retry: &Retry<'_>, read: impl Fn() -> Fut) -> Result<T, Handled>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = Backoff::default();
+        loop {
+            match read().await {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    metrics::counter!(m::STORE_ERRORS).increment(1);
+                    tracing::warn!(room = %self.room, error = %e, "cannot read the store; retrying");
+                    retry.wait(&mut backoff).await?;
+                }
+            }
+        }
+    }
+
+    /// The stored copies of those of `ids` the store has.
     async fn lookup(
         &self,
         ids: &[MessageId],
         retry: &Retry<'_>,
     ) -> Result<Vec<ChatMessage>, Handled> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.store.existing_messages(&self.room, ids).await {
-                Ok(existing) => return Ok(existing),
-                Err(e) => {
-                    metrics::counter!(m::STORE_ERRORS).increment(1);
-                    tracing::warn!(room = %self.room, error = %e, "cannot read the store; retrying");
-                    retry.wait(&mut backoff).await?;
-                }
-            }
-        }
+        self.read(retry, || self.store.existing_messages(&self.room, ids))
+            .await
     }
 
-    /// The room's last stored sequence number, retrying through outages.
-    /// Whether the room is a group room, read from the store (retried through an outage). A room
-    /// deleted meanwhile stops its consumer, its deliveries unacknowledged.
+    /// Whether the room is a group room. A room deleted meanwhile stops its consumer, its
+    /// deliveries unacknowledged.
     async fn group_room(&self, retry: &Retry<'_>) -> Result<bool, Handled> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.store.load_room(&self.room).await {
-                Ok(Some(meta)) => return Ok(meta.group_room),
-                Ok(None) => {
-                    tracing::info!(room = %self.room, "room deleted; its consumer stops");
-                    return Err(Handled::Stopped);
-                }
-                Err(e) => {
-                    metrics::counter!(m::STORE_ERRORS).increment(1);
-                    tracing::warn!(room = %self.room, error = %e, "cannot read the store; retrying");
-                    retry.wait(&mut backoff).await?;
-                }
+        match self
+            .read(retry, || self.store.load_room(&self.room))
+            .await?
+        {
+            Some(meta) => Ok(meta.group_room),
+            None => {
+                tracing::info!(room = %self.room, "room deleted; its consumer stops");
+                Err(Handled::Stopped)
             }
         }
     }
 
+    /// The room's last stored sequence number.
     async fn last_stored(&self, retry: &Retry<'_>) -> Result<u64, Handled> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.store.last_sequence(&self.room).await {
-                Ok(last) => return Ok(last),
-                Err(e) => {
-                    metrics::counter!(m::STORE_ERRORS).increment(1);
-                    tracing::warn!(room = %self.room, error = %e, "cannot read the store; retrying");
-                    retry.wait(&mut backoff).await?;
-                }
-            }
-        }
+        self.read(retry, || self.store.last_sequence(&self.room))
+            .await
     }
 
     /// Writes the new messages (`outcome[slot]` for each of `fresh`, in order) until all are

@@ -378,10 +378,8 @@ async fn check_queue_type(broker: &dyn Broker, store: &dyn Store) -> Result<(), 
     let Some(first) = list.rooms.first() else {
         return Ok(());
     };
-    let Ok(Some(meta)) = store.load_room(first).await else {
-        return Ok(());
-    };
-    match broker.declare_room(&meta.name, meta.group_room).await {
+    // The queue alone: a room's queue is declared alike whatever the room's kind.
+    match broker.declare_room(first, false).await {
         Err(e @ BrokerError::QueueType { .. }) => Err(ChatError::Misconfigured(format!(
             "{e}: start every instance of a deployment with the queue type its queues have \
              (the README's Operations section says how to change it)"

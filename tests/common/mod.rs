@@ -63,6 +63,46 @@ pub fn queue_type() -> QueueType {
     }
 }
 
+/// Runs `rabbitmqctl` with `args` (on the default node unless they say `-n`), which must
+/// succeed, and returns what it printed.
+pub async fn rabbitmqctl(args: &[&str]) -> String {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Every binding on the default node, as (source, destination).
+pub async fn bindings() -> Vec<(String, String)> {
+    let listing = rabbitmqctl(&[
+        "list_bindings",
+        "-q",
+        "--no-table-headers",
+        "source_name",
+        "destination_name",
+    ])
+    .await;
+    listing
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.to_string(), cols.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Whether `source` is bound to `destination` on the default node.
+pub async fn is_bound(source: &str, destination: &str) -> bool {
+    bindings()
+        .await
+        .iter()
+        .any(|(s, d)| s == source && d == destination)
+}
+
 /// The real RabbitMQ, declaring queues of [`queue_type`].
 pub fn rabbit() -> RabbitBroker {
     RabbitBroker::new(amqp_url()).with_queue_type(queue_type())

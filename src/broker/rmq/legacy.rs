@@ -14,7 +14,7 @@ use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 
-use super::{CONNECT_TIMEOUT, bounded};
+use super::bounded;
 use crate::broker::BrokerError;
 use crate::model::{Alias, RoomName};
 
@@ -43,23 +43,12 @@ pub async fn upgrade(
     rooms: &[LegacyRoom],
     is_room: impl Fn(&str) -> bool,
 ) -> Result<Upgraded, BrokerError> {
-    let mut connected = None;
-    let mut failure = BrokerError::Unavailable("no RabbitMQ URL was given".into());
-    for node in super::node_urls(url) {
+    let connect = |node: String| async move {
         let properties =
             ConnectionProperties::default().with_connection_name("mess-chat-migrate".into());
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&node, properties)).await {
-            Ok(Ok(connection)) => {
-                connected = Some(connection);
-                break;
-            }
-            Ok(Err(e)) => failure = unavailable(e),
-            Err(_) => failure = BrokerError::Unavailable("RabbitMQ did not answer in time".into()),
-        }
-    }
-    let Some(connection) = connected else {
-        return Err(failure);
+        Connection::connect(&node, properties).await
     };
+    let (_, connection) = super::first_node(&super::node_urls(url), 0, connect).await?;
     let result = take_apart(&connection, rooms, is_room).await;
     let _ = connection.close(200, "migrated".into()).await;
     result
