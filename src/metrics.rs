@@ -32,6 +32,9 @@ pub const CONNECTIONS_REFUSED: &str = "mess_chat_connections_refused_total";
 pub const ROOMS_KNOWN: &str = "mess_chat_rooms_known";
 /// Rooms whose consumer on this instance is subscribed (active or standing by).
 pub const ROOMS_CONSUMING: &str = "mess_chat_rooms_consuming";
+/// Rooms this instance numbers and stores: its consumer has stored a batch since it last
+/// subscribed, so it is the room's active consumer (single active consumer makes one active).
+pub const ROOMS_NUMBERING: &str = "mess_chat_rooms_numbering";
 /// Open broker connections.
 pub const BROKER_CONNECTIONS: &str = "mess_chat_broker_connections";
 /// Broker channels the room consumers share (besides a connection's few channels of its own).

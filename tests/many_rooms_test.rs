@@ -125,6 +125,17 @@ async fn across_two(servers: &[Server], bases: &[String]) {
     for (r, texts) in histories {
         assert_eq!(texts, ["first", "second"], "{r}");
     }
+    // Single active consumer spread the rooms: each was numbered by one instance, the one it
+    // was made through as a rule (its consumer subscribed first).
+    let numbering: Vec<usize> = servers
+        .iter()
+        .map(|s| s.service().rooms_numbering())
+        .collect();
+    assert_eq!(numbering.iter().sum::<usize>(), ROOMS, "{numbering:?}");
+    assert!(
+        numbering.iter().all(|&n| n >= ROOMS / 4),
+        "rooms numbered by each instance: {numbering:?}"
+    );
 }
 
 /// Sends `text` to every room through the instance `base_of` names for its index, `CONCURRENCY`

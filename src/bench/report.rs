@@ -57,6 +57,8 @@ pub enum Unit {
     Mib,
     /// Kibibytes.
     Kib,
+    /// A count of rooms.
+    Rooms,
 }
 
 /// Which number a target constrains.

@@ -167,7 +167,11 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle_kib = service.rss_kib();
         service.stop().await;
-        Ok::<_, BenchError>((steps, ready, idle_kib))
+        let pair = match &data {
+            Data::Real { .. } => Some(two_instances(&data, &http, &all, &progress).await?),
+            Data::Embedded(_) => None,
+        };
+        Ok::<_, BenchError>((steps, ready, idle_kib, pair))
     }
     .await;
     // Whatever happened, the run's queues, exchanges and database go.
@@ -213,12 +217,15 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         }
         phase.finish("done");
     }
-    let (steps, ready, idle_kib) = measured?;
+    let (steps, ready, idle_kib, pair) = measured?;
     let mut problems: Vec<String> = cleanup_problem.into_iter().collect();
     for step in &steps {
         if step.errors.total() > 0 {
             problems.push(format!("{} rooms: {}", step.rooms, step.errors.summary()));
         }
+    }
+    if let Some(pair) = pair.as_ref().filter(|p| p.errors.total() > 0) {
+        problems.push(format!("two instances: {}", pair.errors.summary()));
     }
     Ok(BackendReport {
         backend: label,
@@ -235,10 +242,15 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         load: format!(
             "a `mess-chat serve` child process (its RSS alone is measured); group rooms created \
              by a first send, {CONCURRENCY} at a time, {ROOMS_PER_OWNER} per owner; sends spread \
-             over every room; then a \
-             restart timed until /readyz answers 200"
+             over every room; then a restart timed until /readyz answers 200{}",
+            match backend {
+                Backend::Real =>
+                    "; then two instances started together on the same back ends, \
+                                  one send to every room through them in turn",
+                Backend::Embedded => "",
+            }
         ),
-        rows: rows(&steps, ready, idle_kib, counts),
+        rows: rows(&steps, ready, idle_kib, pair.as_ref(), counts),
         problems,
     })
 }
@@ -345,6 +357,107 @@ async fn measure(
     }
 }
 
+/// What two instances started together on the same back ends did with every room.
+struct Pair {
+    /// From starting both until both answered ready.
+    ready: Option<Duration>,
+    /// One send to every room, through the two in turn.
+    sent_per_s: f64,
+    /// Rooms each instance numbered (`mess_chat_rooms_numbering`).
+    numbering: [f64; 2],
+    errors: Errors,
+}
+
+/// Starts two instances at once on the rooms made, sends once to every room through them in turn
+/// and reads how many rooms each numbered: single active consumer makes one instance active for
+/// each room, and each instance starts subscribing at its own place in the room list.
+async fn two_instances(
+    data: &Data,
+    http: &reqwest::Client,
+    rooms: &[(RoomName, Alias)],
+    progress: &Progress,
+) -> Result<Pair, BenchError> {
+    let n = rooms.len();
+    let phase = progress.counted("two instances: start together, wait for /readyz", 1);
+    let started = Instant::now();
+    let services = match tokio::join!(Service::start(data), Service::start(data)) {
+        (Ok(a), Ok(b)) => [a, b],
+        (Ok(up), Err(e)) | (Err(e), Ok(up)) => {
+            up.stop().await;
+            return Err(e);
+        }
+        (Err(e), Err(_)) => return Err(e),
+    };
+    let limit = Duration::from_secs(60);
+    let both = tokio::join!(
+        ready_within(http, &services[0].base, limit),
+        ready_within(http, &services[1].base, limit)
+    );
+    let ready = (both.0 && both.1).then(|| started.elapsed());
+    phase.finish(&ready.map_or("not ready in 60 s".into(), |d| format!("{d:.1?}")));
+
+    let phase = progress.counted(
+        format!("two instances: a send to each of {n} rooms"),
+        n as u64,
+    );
+    let mut errors = Errors::default();
+    let started = Instant::now();
+    let mut sending = futures_util::stream::iter(rooms.iter().enumerate())
+        .map(|(i, (room, owner))| {
+            let url = format!(
+                "{}/send/?room_name={room}&from_alias={owner}&message=pair-{i}",
+                services[i % 2].base
+            );
+            let http = http.clone();
+            async move {
+                match http.get(url).send().await {
+                    Ok(r) if r.status() == 200 => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                    Err(e) => Err(format!("request failed: {e}")),
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY);
+    while let Some(answer) = sending.next().await {
+        if let Err(e) = answer {
+            errors.record(e);
+        }
+        phase.inc(1);
+    }
+    drop(sending);
+    let sent_per_s = n as f64 / started.elapsed().as_secs_f64();
+    phase.finish(&format!("{sent_per_s:.0}/s"));
+    let mut numbering = [f64::NAN; 2];
+    for (count, service) in numbering.iter_mut().zip(&services) {
+        *count = gauge(http, &service.base, crate::metrics::ROOMS_NUMBERING).await;
+    }
+    let [a, b] = services;
+    tokio::join!(a.stop(), b.stop());
+    Ok(Pair {
+        ready,
+        sent_per_s,
+        numbering,
+        errors,
+    })
+}
+
+/// A gauge's value from a service's `/metrics` (NaN if it cannot be read).
+async fn gauge(http: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let Ok(answer) = http.get(format!("{base}/metrics")).send().await else {
+        return f64::NAN;
+    };
+    let text = answer.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// Whether `/readyz` answers 200 within `limit`.
 async fn ready_within(http: &reqwest::Client, base: &str, limit: Duration) -> bool {
     let started = Instant::now();
@@ -359,7 +472,13 @@ async fn ready_within(http: &reqwest::Client, base: &str, limit: Duration) -> bo
     false
 }
 
-fn rows(steps: &[Step], ready: Option<Duration>, idle_kib: u64, counts: [usize; 3]) -> Vec<Row> {
+fn rows(
+    steps: &[Step],
+    ready: Option<Duration>,
+    idle_kib: u64,
+    pair: Option<&Pair>,
+    counts: [usize; 3],
+) -> Vec<Row> {
     let mut rows = Vec::new();
     let first = steps.first().map(|s| s.acked_per_s);
     let largest = counts[2];
@@ -419,5 +538,32 @@ fn rows(steps: &[Step], ready: Option<Duration>, idle_kib: u64, counts: [usize; 
         idle_kib as f64 / 1024.0,
         Unit::Mib,
     ));
+    if let Some(pair) = pair {
+        rows.push(
+            Row::new(
+                format!("two instances started together: both ready, {largest} rooms"),
+                pair.ready.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
+                Unit::Millis,
+            )
+            .target(Target::below(10_000.0)),
+        );
+        rows.push(Row::new(
+            format!("two instances: one send to each of {largest} rooms"),
+            pair.sent_per_s,
+            Unit::PerSecond,
+        ));
+        for (i, numbered) in pair.numbering.iter().enumerate() {
+            // Spread: neither instance numbers three quarters of the rooms.
+            rows.push(
+                Row::new(
+                    format!("two instances: rooms numbered by instance {}", i + 1),
+                    *numbered,
+                    Unit::Rooms,
+                )
+                .against("every room", largest as f64)
+                .target(Target::ratio_below(0.75)),
+            );
+        }
+    }
     rows
 }

@@ -14,6 +14,7 @@ pub fn describe_target(target: &Target, unit: Unit) -> String {
             Unit::Millis => format!("{bound} {} ms", trim_float(target.limit)),
             Unit::Mib => format!("{bound} {} MiB", trim_float(target.limit)),
             Unit::Kib => format!("{bound} {} KiB", trim_float(target.limit)),
+            Unit::Rooms => format!("{bound} {} rooms", thousands(target.limit.round() as u64)),
         },
     }
 }
@@ -50,6 +51,7 @@ pub fn format_value(value: Option<f64>, unit: Unit) -> String {
         Unit::Millis => format!("{} ms", thousands(v.round() as u64)),
         Unit::Mib => format!("{v:.1} MiB"),
         Unit::Kib => format!("{v:.1} KiB"),
+        Unit::Rooms => format!("{} rooms", thousands(v.round() as u64)),
     }
 }
 

@@ -62,6 +62,8 @@ pub trait Announce: Send + Sync + 'static {
 pub enum Health {
     /// Subscribed (active or standing by), storing what it gets.
     Consuming,
+    /// Stored a batch: the room's active consumer.
+    Stored,
     /// Cannot subscribe, or cannot store what it got: the room's messages wait in its queue.
     Failing(String),
     /// Stopped (the room was deleted, or shutdown).
@@ -353,7 +355,7 @@ impl RoomConsumer {
         }
         tracing::debug!(room = %self.room, stored = stored.len(),
             duplicates = outcome.len() - stored.len(), last = ?numbering.last, "batch stored");
-        self.announce.health(&self.room, Health::Consuming);
+        self.announce.health(&self.room, Health::Stored);
         self.announce.stored(&self.room, &outcome).await;
         if numbering.group_room == Some(true) && !stored.is_empty() {
             self.fan_out(&outcome, &stored).await;

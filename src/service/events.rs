@@ -246,7 +246,12 @@ impl ChatService {
     /// dropped if deleted), and every waiting sender whose message is stored is answered.
     async fn resync(&self) {
         match self.inner.rooms.stored_names().await {
-            Ok(names) => {
+            Ok(mut names) => {
+                // Consumers subscribe in this order, and the first to subscribe to a room is its
+                // active one: instances starting together each begin at their own place in the
+                // list, so the rooms spread over them.
+                let start = start_place(self.leased_number().await, names.len());
+                names.rotate_left(start);
                 for name in names {
                     self.ensure_consumer(&name);
                 }
@@ -270,6 +275,17 @@ impl ChatService {
             }
         }
     }
+}
+
+/// Where in a list of `len` rooms an instance holding `number` starts subscribing: the number's
+/// bits reversed, as a fraction of the list (0 at the start, 1 half way, 2 a quarter, 3 three
+/// quarters, ...), so any count of instances starting together begin far apart.
+fn start_place(number: Option<u16>, len: usize) -> usize {
+    let Some(number) = number else {
+        return 0;
+    };
+    let fraction = f64::from(number.reverse_bits()) / 65_536.0;
+    ((fraction * len as f64) as usize).min(len.saturating_sub(1))
 }
 
 /// The consumers' [`Announce`]: a stored batch becomes a cluster event. Holds the service
@@ -312,5 +328,19 @@ impl Announcer {
     /// An announcer for `inner`'s consumers.
     pub(super) fn new(inner: &Arc<Inner>) -> Arc<Self> {
         Arc::new(Self(Arc::downgrade(inner)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::start_place;
+
+    #[test]
+    fn instances_start_subscribing_far_apart_in_the_room_list() {
+        let places: Vec<usize> = (0..4).map(|n| start_place(Some(n), 1_000)).collect();
+        assert_eq!(places, [0, 500, 250, 750]);
+        assert_eq!(start_place(None, 1_000), 0, "no number yet: from the start");
+        assert_eq!(start_place(Some(1), 0), 0);
+        assert_eq!(start_place(Some(1), 1), 0);
     }
 }

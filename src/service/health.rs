@@ -2,7 +2,7 @@
 //! consumer is not subscribed (still starting, or failing to subscribe or to store) has its
 //! messages wait in its queue until it recovers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ pub(super) struct RoomHealth {
 struct Rooms {
     states: HashMap<RoomName, Option<NotConsuming>>,
     consuming: usize,
+    /// The rooms whose consumer here stored a batch since it last subscribed.
+    numbering: HashSet<RoomName>,
 }
 
 impl Rooms {
@@ -52,6 +54,17 @@ impl Rooms {
         }
         metrics::gauge!(m::ROOMS_KNOWN).set(self.states.len() as f64);
         metrics::gauge!(m::ROOMS_CONSUMING).set(self.consuming as f64);
+    }
+
+    /// Marks whether this instance numbers `room` now, and publishes the gauge.
+    fn numbering(&mut self, room: &RoomName, numbering: bool) {
+        let changed = match numbering {
+            true => !self.numbering.contains(room) && self.numbering.insert(room.clone()),
+            false => self.numbering.remove(room),
+        };
+        if changed {
+            metrics::gauge!(m::ROOMS_NUMBERING).set(self.numbering.len() as f64);
+        }
     }
 }
 
@@ -78,8 +91,10 @@ impl RoomHealth {
     /// A consumer's news.
     pub fn report(&self, room: &RoomName, health: Health) {
         let mut rooms = self.rooms();
+        // A new subscription may be standing by; a stored batch shows it is the active one.
+        rooms.numbering(room, matches!(health, Health::Stored));
         match health {
-            Health::Consuming => rooms.set(room, Some(None)),
+            Health::Consuming | Health::Stored => rooms.set(room, Some(None)),
             Health::Stopped => rooms.set(room, None),
             Health::Failing(why) => match rooms.states.get_mut(room) {
                 Some(Some(not)) => not.why = why,
@@ -93,6 +108,12 @@ impl RoomHealth {
                 }
             },
         }
+    }
+
+    /// How many rooms this instance numbers: their consumer here stored a batch since it last
+    /// subscribed (so it is the active one).
+    pub fn numbering_count(&self) -> usize {
+        self.rooms().numbering.len()
     }
 
     /// How many consumers started with the instance have not subscribed yet.
@@ -187,5 +208,36 @@ mod tests {
             .filter(|s| s.is_none())
             .count();
         assert_eq!((counted, actual), (3, 3));
+    }
+
+    #[test]
+    fn a_room_is_numbered_here_from_a_stored_batch_until_its_consumer_subscribes_again() {
+        let health = RoomHealth::default();
+        let (a, b) = (RoomName::new("a").unwrap(), RoomName::new("b").unwrap());
+        for room in [&a, &b] {
+            health.starting(room, false);
+            health.report(room, Health::Consuming);
+        }
+        assert_eq!(health.numbering_count(), 0, "subscribed, maybe standing by");
+        health.report(&a, Health::Stored);
+        health.report(&a, Health::Stored);
+        health.report(&b, Health::Stored);
+        assert_eq!(health.numbering_count(), 2);
+        health.report(&a, Health::Consuming);
+        assert_eq!(
+            health.numbering_count(),
+            1,
+            "a new subscription may stand by"
+        );
+        health.report(&b, Health::Failing("cannot store".into()));
+        assert_eq!(health.numbering_count(), 0);
+        health.report(&b, Health::Stored);
+        health.report(&b, Health::Stopped);
+        assert_eq!(health.numbering_count(), 0);
+        assert_eq!(
+            health.rooms().consuming,
+            1,
+            "a stored batch counts as consuming"
+        );
     }
 }

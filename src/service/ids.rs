@@ -29,6 +29,8 @@ use crate::model::MessageId;
 pub(super) const LEASE_TTL: Duration = Duration::from_secs(10 * 60);
 /// How often a lease is renewed.
 const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How long the first catch-up waits for the instance's first lease.
+const FIRST_LEASE_WAIT: Duration = Duration::from_secs(1);
 /// How long before its lease could expire an instance stops making ids.
 const SAFETY: Duration = Duration::from_secs(5);
 
@@ -114,6 +116,19 @@ impl Ids {
 }
 
 impl ChatService {
+    /// This instance's leased number, waiting a little for the first lease (taken at start,
+    /// beside subscribing to the cluster events); `None` if there is none by then.
+    pub(super) async fn leased_number(&self) -> Option<u16> {
+        let deadline = Instant::now() + FIRST_LEASE_WAIT;
+        loop {
+            let number = self.inner.ids.number();
+            if number.is_some() || Instant::now() >= deadline {
+                return number;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Keeps this instance's lease of a number: takes one, renews it, takes another if it was
     /// lost, gives it back on shutdown. `ready` fires once the first is held.
     pub(super) async fn keep_leasing(

@@ -295,6 +295,11 @@ impl ChatService {
         self.inner.peers.alive()
     }
 
+    /// How many rooms this instance numbers and stores (it holds their active consumer).
+    pub fn rooms_numbering(&self) -> usize {
+        self.inner.health.numbering_count()
+    }
+
     /// Fires when the service shuts down: long-lived work outside the service (live sockets,
     /// which the HTTP server does not wait for once upgraded) stops on it.
     pub fn shutdown_signal(&self) -> CancellationToken {
