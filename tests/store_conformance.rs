@@ -926,3 +926,59 @@ async fn users_register_once_and_load_back(backend: Backend) {
     })
     .await
 }
+
+/// An earlier version's room collection kept unique indexes on fields this version no longer
+/// writes (every new message would collide on the missing field): a store's first use of the
+/// room drops them and makes the sequence index, and both messages of a batch are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_a_room_with_an_earlier_versions_indexes_drops_them_at_first_use() {
+    use mongodb::IndexModel;
+    use mongodb::bson::{Document, doc};
+    use mongodb::options::IndexOptions;
+
+    let env = Env::new(Backend::Real);
+    let outcome = AssertUnwindSafe(async {
+        let room = common::room("oldindex");
+        let client = mongodb::Client::with_uri_str(common::mongo_url())
+            .await
+            .expect("client");
+        let collection = client
+            .database(&env.mongo_db)
+            .collection::<Document>(room.as_str());
+        for (name, field) in [("message_id", "old_id"), ("sequence_number", "old_seq")] {
+            let index = IndexModel::builder()
+                .keys(doc! { field: 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name(name.to_string())
+                        .unique(true)
+                        .build(),
+                )
+                .build();
+            collection.create_index(index).await.expect("an old index");
+        }
+        let store = env.mongo().await;
+        store
+            .save_room(&room_meta(&room, true, &["ann"]))
+            .await
+            .expect("save the room");
+        let batch = [received(&room, 1, "one"), received(&room, 2, "two")];
+        assert_eq!(
+            store.insert_messages(&room, &batch).await.expect("insert"),
+            None
+        );
+        let mut names = collection.list_index_names().await.expect("indexes");
+        names.sort();
+        assert_eq!(names, ["_id_", "sequence_number_unique"]);
+        assert_eq!(
+            sequences(&store.latest_messages(&room, 10).await.unwrap()),
+            [1, 2]
+        );
+    })
+    .catch_unwind()
+    .await;
+    env.cleanup(&[], &[]).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -199,16 +199,27 @@ impl MongoStore {
             return Ok(());
         }
         let collection = self.room(room);
-        for legacy in LEGACY_INDEXES {
+        // One read says what is there (every room's first use after a start pays it, so it
+        // does not try each change blindly).
+        let names = match collection.list_index_names().await {
+            Ok(names) => names,
+            // A collection that does not exist yet has no index.
+            Err(e) if command_code(&e) == Some(NAMESPACE_NOT_FOUND) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        for legacy in LEGACY_INDEXES
+            .into_iter()
+            .filter(|l| names.iter().any(|n| n == l))
+        {
             match collection.drop_index(legacy).await {
                 Ok(()) => tracing::info!(%room, index = legacy, "dropped a legacy index"),
                 Err(e) if command_code(&e) == Some(INDEX_NOT_FOUND) => {}
-                // A collection that does not exist yet has no index to drop.
-                Err(e) if command_code(&e) == Some(NAMESPACE_NOT_FOUND) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        collection.create_index(sequence_index()).await?;
+        if !names.iter().any(|n| n == SEQ_INDEX) {
+            collection.create_index(sequence_index()).await?;
+        }
         self.indexed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
