@@ -41,6 +41,8 @@ pub struct FileConfig {
     pub no_auth: Option<bool>,
     /// `--cache-capacity`.
     pub cache_capacity: Option<usize>,
+    /// `--cache-total`.
+    pub cache_total: Option<usize>,
     /// `--store-wait-ms`.
     pub store_wait_ms: Option<u64>,
     /// `--default-room`.

@@ -35,6 +35,8 @@ pub const ROOMS_CONSUMING: &str = "mess_chat_rooms_consuming";
 /// Rooms this instance numbers and stores: its consumer has stored a batch since it last
 /// subscribed, so it is the room's active consumer (single active consumer makes one active).
 pub const ROOMS_NUMBERING: &str = "mess_chat_rooms_numbering";
+/// Messages held in all rooms' caches together (kept within `--cache-total`).
+pub const CACHED_MESSAGES: &str = "mess_chat_cached_messages";
 /// Open broker connections.
 pub const BROKER_CONNECTIONS: &str = "mess_chat_broker_connections";
 /// Broker channels the room consumers share (besides a connection's few channels of its own).

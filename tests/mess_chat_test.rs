@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Backend, TestServer, alias, room, unique};
 use mess_chat::client::{ClientError, SendParams};
@@ -23,6 +23,7 @@ on_both_backends!(
     bad_inputs_get_a_4xx_with_a_json_error,
     message_at_the_size_limit_is_accepted_and_one_byte_more_is_413,
     history_spans_cache_and_store_without_gap_or_duplicate,
+    past_the_caches_total_the_coldest_rooms_are_read_from_the_store,
     health_and_readiness_report_ok,
     a_private_room_may_be_named_after_its_recipient,
     concurrent_first_sends_create_the_room_once,
@@ -455,6 +456,69 @@ async fn history_spans_cache_and_store_without_gap_or_duplicate(backend: Backend
         );
         t.restart().await;
     }
+    t.cleanup().await;
+}
+
+async fn past_the_caches_total_the_coldest_rooms_are_read_from_the_store(backend: Backend) {
+    let config = ServiceConfig {
+        cache_capacity: 5,
+        cache_total: 8,
+        ..ServiceConfig::default()
+    };
+    let t = TestServer::start_with(backend, config).await;
+    let ann = alias("ann");
+    let rooms = [room("cold"), room("warm"), room("hot")];
+    for (r, count) in rooms.iter().zip([4, 3, 3]) {
+        for i in 1..=count {
+            let text = format!("{r}-{i}");
+            t.client
+                .send(&group_send(r, ann.as_str(), &text))
+                .await
+                .unwrap();
+        }
+    }
+    let service = t.server().service().clone();
+    let len = |r: &RoomName| {
+        let service = service.clone();
+        let r = r.clone();
+        async move { service.room(&r).await.unwrap().len() }
+    };
+    // 10 cached over a total of 8: the room used longest ago gives its cache back (within the
+    // service's check, every second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while len(&rooms[0]).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the coldest cache was never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((len(&rooms[1]).await, len(&rooms[2]).await), (3, 3));
+    // Its history reads the same, from the store: without a limit (the seed's `/messages/`, as
+    // many as a cache holds) and with one.
+    let texts = |r: &RoomName, n: usize| (1..=n).map(|i| format!("{r}-{i}")).collect::<Vec<_>>();
+    assert_eq!(
+        t.client.messages(rooms[0].as_str(), None).await.unwrap(),
+        texts(&rooms[0], 4)
+    );
+    assert_eq!(
+        t.client.messages(rooms[0].as_str(), Some(2)).await.unwrap()[..],
+        texts(&rooms[0], 4)[2..]
+    );
+    // And the room goes on numbering and caching where it was.
+    t.client
+        .send(&group_send(
+            &rooms[0],
+            ann.as_str(),
+            &format!("{}-5", rooms[0]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.client.messages(rooms[0].as_str(), None).await.unwrap(),
+        texts(&rooms[0], 5)
+    );
+    assert_eq!(len(&rooms[0]).await, 1);
     t.cleanup().await;
 }
 

@@ -105,6 +105,30 @@ impl RoomList {
         self.state().rooms.values().cloned().collect()
     }
 
+    /// Keeps all rooms' caches together within `budget` messages: past it, empties the caches
+    /// of the rooms used longest ago until they hold three quarters of it (so that the next
+    /// check has room to spare). Returns how many messages the caches hold after.
+    pub fn trim_caches(&self, budget: usize) -> usize {
+        let mut rooms: Vec<(u64, usize, ChatRoom)> = self
+            .rooms()
+            .into_iter()
+            .map(|room| (room.touched(), room.len(), room))
+            .collect();
+        let mut total: usize = rooms.iter().map(|(_, len, _)| len).sum();
+        if total <= budget {
+            return total;
+        }
+        rooms.sort_unstable_by_key(|(touched, _, _)| *touched);
+        let goal = budget / 4 * 3;
+        for (_, _, room) in rooms {
+            if total <= goal {
+                break;
+            }
+            total -= room.trim_cache().min(total);
+        }
+        total
+    }
+
     /// The list's metadata document, naming the loaded rooms.
     pub fn meta(&self) -> RoomListMeta {
         let state = self.state();

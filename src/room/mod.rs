@@ -15,6 +15,7 @@ mod list;
 pub mod retrieve;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use chrono::{DateTime, Utc};
@@ -111,6 +112,9 @@ struct Inner {
     store: Arc<dyn Store>,
     /// Everything that changes. A std mutex: held for short sync sections, never across `.await`.
     state: Mutex<State>,
+    /// When the cache was last read or fed, on [`TOUCHES`]' count: the coldest caches are
+    /// emptied first when all rooms' caches hold too much.
+    touched: AtomicU64,
     /// Stored messages and membership changes, in order, for live subscribers; made by the first
     /// subscriber, so a room nobody watches costs nothing (a channel preallocates its buffer).
     live: OnceLock<broadcast::Sender<RoomUpdate>>,
@@ -187,6 +191,7 @@ impl ChatRoom {
                 broker,
                 store,
                 state: Mutex::new(state),
+                touched: AtomicU64::new(next_touch()),
                 live: OnceLock::new(),
             }),
         }
@@ -294,6 +299,7 @@ impl ChatRoom {
     /// (The service's caches are fed by [`ChatRoom::apply`], which keeps them in sequence order;
     /// `put` is the seed's plain deque operation and stores nothing.)
     pub fn put(&self, message: ChatMessage) {
+        self.touch();
         let mut state = self.state();
         state.modify_time = now();
         state.dirty = true;
@@ -328,7 +334,29 @@ impl ChatRoom {
 
     /// The cached messages, oldest first (a snapshot).
     pub fn cached(&self) -> Vec<ChatMessage> {
+        self.touch();
         self.state().cache.iter().rev().cloned().collect()
+    }
+
+    /// When the cache was last read or fed (a count of such uses across all rooms: larger is
+    /// more recent).
+    pub fn touched(&self) -> u64 {
+        self.inner.touched.load(Ordering::Relaxed)
+    }
+
+    fn touch(&self) {
+        self.inner.touched.store(next_touch(), Ordering::Relaxed);
+    }
+
+    /// Empties the cache of every stored message (a message `put` and not stored stays), giving
+    /// its memory back; the store keeps them all, and reads past the cache go there. Returns how
+    /// many messages left the cache.
+    pub fn trim_cache(&self) -> usize {
+        let mut state = self.state();
+        let before = state.cache.len();
+        state.cache.retain(|m| m.dirty);
+        state.cache.shrink_to_fit();
+        before - state.cache.len()
     }
 
     /// Feeds stored messages to the cache and the live subscribers, in sequence order: those at
@@ -336,6 +364,7 @@ impl ChatRoom {
     /// without a gap, else nothing is taken and the [`Gap`] says what to read from the store
     /// first. Returns how many messages were new.
     pub fn apply(&self, messages: &[ChatMessage]) -> Result<usize, Gap> {
+        self.touch();
         let mut fresh: Vec<&ChatMessage> = messages.iter().filter(|m| sequence(m) > 0).collect();
         fresh.sort_by_key(|m| sequence(m));
         fresh.dedup_by_key(|m| sequence(m));
@@ -613,6 +642,14 @@ impl ChatRoom {
             let _ = live.send(update);
         }
     }
+}
+
+/// Uses of rooms' caches so far, across all rooms: each use takes the next count.
+static TOUCHES: AtomicU64 = AtomicU64::new(0);
+
+/// The next use's count.
+fn next_touch() -> u64 {
+    TOUCHES.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// Declares a room's queue, and for a group room its exchange and its members' bound inboxes.

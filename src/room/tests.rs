@@ -212,6 +212,31 @@ fn apply_takes_stored_messages_in_order_once_and_reports_a_gap() {
 }
 
 #[test]
+fn past_the_budget_the_coldest_caches_are_emptied_and_unstored_messages_kept() {
+    let b = backends();
+    let list = b.list("budget");
+    let rooms: Vec<ChatRoom> = (0..4)
+        .map(|i| list.add_or_get(b.room(&format!("cold{i}"), true, 20)))
+        .collect();
+    rooms[1].put(message(&rooms[1], "not stored"));
+    for room in &rooms {
+        room.apply(&numbered(room, 1, 10)).unwrap();
+    }
+    // Used since: room 2, then room 0 (reading a cache is a use too).
+    rooms[2].apply(&numbered(&rooms[2], 11, 1)).unwrap();
+    rooms[0].cached();
+    assert_eq!(list.trim_caches(42), 42, "within the budget: nothing goes");
+    // 42 over a budget of 40: down to 30 or below, the coldest first (room 1 but for its
+    // unstored message, then room 3), the recently used untouched.
+    assert_eq!(list.trim_caches(40), 22);
+    let lens: Vec<usize> = rooms.iter().map(ChatRoom::len).collect();
+    assert_eq!(lens, [10, 1, 11, 0]);
+    assert_eq!(texts(&rooms[1].cached()), ["not stored"]);
+    assert_eq!(rooms[3].last_sequence(), 10, "the numbering goes on");
+    assert_eq!(rooms[3].apply(&numbered(&rooms[3], 11, 1)), Ok(1));
+}
+
+#[test]
 fn live_subscribers_hear_messages_members_and_deletion_in_order() {
     let b = backends();
     let room = b.room("listened", true, 10);

@@ -6,7 +6,8 @@ use crate::room::ChatRoom;
 
 impl ChatService {
     /// The seed's `get_messages`: the room's newest `limit` messages, oldest first, or without a
-    /// limit everything its cache holds.
+    /// limit as many as a room's cache holds (`cache_capacity`), from the cache and, for a room
+    /// whose cache was emptied to keep all caches within their total, from the store.
     pub async fn recent(
         &self,
         actor: Option<&Alias>,
@@ -18,7 +19,8 @@ impl ChatService {
             None => {
                 let room = self.room(name).await?;
                 self.may_read(actor, &room).await?;
-                Ok(room.cached())
+                let capacity = self.inner.config.cache_capacity;
+                Ok(page_of(&room, None, None, capacity).await?.messages)
             }
         }
     }

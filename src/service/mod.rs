@@ -61,11 +61,18 @@ const EVENTS_READY_WAIT: Duration = Duration::from_secs(10);
 /// How long start-up waits for the store to answer.
 const STORE_WAIT_AT_START: Duration = Duration::from_secs(20);
 
+/// Messages all rooms' caches hold together by default: about 25 MiB of a service's memory (a
+/// cached message takes some 500 bytes), whatever the number of rooms.
+pub const DEFAULT_CACHE_TOTAL: usize = 50_000;
+
 /// Tunables of the service.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// Messages kept in each room's cache.
     pub cache_capacity: usize,
+    /// Messages kept in all rooms' caches together: past it, the caches of the rooms used
+    /// longest ago are emptied (their messages stay in the store).
+    pub cache_total: usize,
     /// How long a send waits for its message to be stored before answering "accepted" instead
     /// (or 503 on a broker that is not durable).
     pub store_wait: Duration,
@@ -82,6 +89,7 @@ impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             cache_capacity: 1000,
+            cache_total: DEFAULT_CACHE_TOTAL,
             store_wait: Duration::from_secs(3),
             require_auth: false,
             default_room: RoomName::new(DEFAULT_ROOM).expect("a valid room name"),
@@ -249,6 +257,10 @@ impl ChatService {
             .clone()
             .sweep_topology(service.inner.shutdown.child_token());
         service.inner.tasks.spawn(sweep);
+        let trim = service
+            .clone()
+            .keep_caches_small(service.inner.shutdown.child_token());
+        service.inner.tasks.spawn(trim);
         let (leased, leasing) = tokio::sync::oneshot::channel();
         let lease = service
             .clone()

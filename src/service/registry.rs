@@ -18,6 +18,8 @@ use crate::room::{ChatRoom, declare_topology};
 
 /// Rooms whose topology the sweep declares at once (it runs beside the service's work).
 const SWEEPING_AT_ONCE: usize = 4;
+/// How often all rooms' caches are held to their total.
+const CACHE_CHECK: Duration = Duration::from_secs(1);
 /// How long the sweep waits for the consumers started with the instance to subscribe.
 const SWEEP_WAIT: Duration = Duration::from_secs(600);
 
@@ -168,6 +170,21 @@ impl ChatService {
                 consumers.remove(&name);
             }
         });
+    }
+
+    /// Keeps all rooms' caches within [`super::ServiceConfig::cache_total`] messages, checking
+    /// every [`CACHE_CHECK`], until `shutdown`.
+    pub(super) async fn keep_caches_small(self, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(CACHE_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let cached = self.inner.rooms.trim_caches(self.inner.config.cache_total);
+            metrics::gauge!(crate::metrics::CACHED_MESSAGES).set(cached as f64);
+        }
     }
 
     /// The topology sweep: once every consumer started with the instance has subscribed (each
