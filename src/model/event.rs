@@ -28,6 +28,15 @@ pub struct EventEnvelope {
     pub event: ClusterEvent,
 }
 
+/// One room's stored batch, within [`ClusterEvent::StoredBatches`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBatch {
+    /// The room.
+    pub room: RoomName,
+    /// The stored messages, numbered.
+    pub messages: Vec<ChatMessage>,
+}
+
 /// Something every instance must learn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -40,6 +49,13 @@ pub enum ClusterEvent {
         room: RoomName,
         /// The stored messages, numbered.
         messages: Vec<ChatMessage>,
+    },
+    /// Several rooms' stored batches in one event: batches stored at about the same time (on
+    /// many rooms, mostly one message each) travel together, one publish for all of them.
+    /// Applied as one [`ClusterEvent::Stored`] each, in order.
+    StoredBatches {
+        /// Each room's batch.
+        batches: Vec<StoredBatch>,
     },
     /// A room was created: every instance starts a consumer for it (one will be active).
     RoomCreated {
@@ -74,4 +90,41 @@ pub enum ClusterEvent {
         /// The barrier.
         barrier: Uuid,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Alias, MessageId, MessageProperties};
+
+    #[test]
+    fn several_rooms_batches_travel_in_one_event_and_read_back_the_same() {
+        let batch = |room: &str, text: &str| {
+            let room = RoomName::new(room).unwrap();
+            let props = MessageProperties::new_sent(
+                room.clone(),
+                Alias::new("ann").unwrap(),
+                String::new(),
+                MessageId(7),
+            );
+            let mut stored = ChatMessage::new(text.into(), props);
+            stored.dirty = false;
+            StoredBatch {
+                room,
+                messages: vec![stored],
+            }
+        };
+        let envelope = EventEnvelope {
+            origin: Uuid::nil(),
+            barrier: None,
+            event: ClusterEvent::StoredBatches {
+                batches: vec![batch("a", "one"), batch("b", "two")],
+            },
+        };
+        let wire = serde_json::to_value(&envelope).unwrap();
+        assert_eq!(wire["event"]["kind"], "stored_batches");
+        assert_eq!(wire["event"]["batches"][1]["room"], "b");
+        let back: EventEnvelope = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, envelope);
+    }
 }

@@ -6,7 +6,7 @@ mod meta;
 mod names;
 mod user;
 
-pub use event::{ClusterEvent, EventEnvelope};
+pub use event::{ClusterEvent, EventEnvelope, StoredBatch};
 pub use message::{
     ChatMessage, MAX_IDEMPOTENCY_KEY_BYTES, MAX_MESSAGE_BYTES, MESS_TYPE_RECEIVED, MESS_TYPE_SENT,
     MessageId, MessageProperties, MessageType, idempotency_name, now,

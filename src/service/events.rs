@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::peers::{ALIVE_EVERY, BARRIER_WAIT};
 use super::{ChatService, Inner};
 use crate::backoff::Backoff;
-use crate::model::{ChatMessage, ClusterEvent, EventEnvelope, RoomName};
+use crate::model::{ChatMessage, ClusterEvent, EventEnvelope, RoomName, StoredBatch};
 use crate::room::retrieve::{Announce, Health};
 use crate::room::{ChatRoom, Gap};
 
@@ -50,7 +50,7 @@ impl ChatService {
     }
 
     /// Publishes an event on the events exchange (logging a failure).
-    async fn publish(&self, barrier: Option<Uuid>, event: ClusterEvent) {
+    pub(super) async fn publish(&self, barrier: Option<Uuid>, event: ClusterEvent) {
         let envelope = EventEnvelope {
             origin: self.inner.instance,
             barrier,
@@ -103,10 +103,10 @@ impl ChatService {
     /// Applies an event to this instance's rooms, consumers and waiting senders.
     async fn apply(&self, event: ClusterEvent) {
         match event {
-            ClusterEvent::Stored { room, messages } => {
-                self.inner.waiters.wake(&messages);
-                if let Some(loaded) = self.inner.rooms.find(&room) {
-                    self.feed(&loaded, &messages).await;
+            ClusterEvent::Stored { room, messages } => self.apply_stored(&room, &messages).await,
+            ClusterEvent::StoredBatches { batches } => {
+                for batch in batches {
+                    self.apply_stored(&batch.room, &batch.messages).await;
                 }
             }
             ClusterEvent::RoomCreated { room } => self.ensure_consumer(&room),
@@ -118,6 +118,14 @@ impl ChatService {
             ClusterEvent::RoomDeleted { room } => self.forget_room(&room),
             ClusterEvent::QueueLost { room } => self.inner.waiters.doubt_room(&room),
             ClusterEvent::Alive | ClusterEvent::Leaving | ClusterEvent::Applied { .. } => {}
+        }
+    }
+
+    /// A room's stored batch: wakes its senders, feeds its cache and live feeds.
+    async fn apply_stored(&self, room: &RoomName, messages: &[ChatMessage]) {
+        self.inner.waiters.wake(messages);
+        if let Some(loaded) = self.inner.rooms.find(room) {
+            self.feed(&loaded, messages).await;
         }
     }
 
@@ -298,9 +306,17 @@ impl Announce for Announcer {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
+        // Published first (with other rooms' batches gathered meanwhile), then applied here:
+        // an instance answers "stored" only once the others can hear it too, as with every
+        // event.
+        let batch = StoredBatch {
+            room: room.clone(),
+            messages: messages.to_vec(),
+        };
+        inner.outbox.send(batch).await;
         let service = ChatService { inner };
         service
-            .announce(ClusterEvent::Stored {
+            .apply(ClusterEvent::Stored {
                 room: room.clone(),
                 messages: messages.to_vec(),
             })

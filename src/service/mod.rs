@@ -19,6 +19,7 @@ mod history;
 mod ids;
 mod limits;
 mod live;
+mod outbox;
 mod peers;
 mod registry;
 mod rooms;
@@ -177,6 +178,8 @@ pub(crate) struct Inner {
     config: ServiceConfig,
     /// Senders waiting for their message to be stored, on this instance.
     waiters: waiters::Waiters,
+    /// Stored batches on their way to the other instances.
+    outbox: outbox::Outbox,
     /// The other instances, and the changes waiting for them to apply.
     peers: peers::Peers,
     /// Rooms whose consumer cannot work right now.
@@ -218,6 +221,7 @@ impl ChatService {
             store.clone(),
             config.cache_capacity,
         );
+        let (outbox, parcels) = outbox::outbox();
         let service = Self {
             inner: Arc::new(Inner {
                 instance: Uuid::new_v4(),
@@ -228,6 +232,7 @@ impl ChatService {
                 store,
                 config,
                 waiters: waiters::Waiters::default(),
+                outbox,
                 peers: peers::Peers::default(),
                 health: health::RoomHealth::default(),
                 ids: ids::Ids::default(),
@@ -261,6 +266,10 @@ impl ChatService {
             .clone()
             .keep_caches_small(service.inner.shutdown.child_token());
         service.inner.tasks.spawn(trim);
+        let publish = service
+            .clone()
+            .publish_stored(parcels, service.inner.shutdown.child_token());
+        service.inner.tasks.spawn(publish);
         let (leased, leasing) = tokio::sync::oneshot::channel();
         let lease = service
             .clone()
