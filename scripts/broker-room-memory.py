@@ -50,6 +50,7 @@ def main():
     ch = conn.channel()
     names = [f"memprobe-{i:05d}" for i in range(n)]
     inbox = "inbox.memprobe"
+    shared = []
     try:
         for name in names:
             ch.queue_declare(name, durable=True,
@@ -59,15 +60,18 @@ def main():
                          arguments={**kind, "x-max-length": 10000, "x-message-ttl": 604800000})
         for name in names:
             ch.queue_bind(inbox, name)
-        shared = None
         for i, name in enumerate(names):
             if i % 64 == 0:
-                shared = conn.channel()
-                shared.basic_qos(prefetch_count=256)
-            shared.basic_consume(name, lambda *args: None)
+                shared.append(conn.channel())
+                shared[-1].basic_qos(prefetch_count=256)
+            shared[-1].basic_consume(name, lambda *args: None)
         time.sleep(3)
         after = {node: breakdown(node) for node, _ in nodes}
     finally:
+        # Consumers go before their queues (RabbitMQ 3.10 closes the connection with an internal
+        # error when a consumer of a deleted quorum queue is cancelled).
+        for channel in shared:
+            channel.close()
         for name in names:
             ch.queue_delete(name)
             ch.exchange_delete(name)
