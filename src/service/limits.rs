@@ -255,17 +255,12 @@ impl ChatService {
     /// Every [`FORGET_EVERY`], drops the limiters' keys that are back to a fresh state, until
     /// `stop`: the one task that keeps their memory bounded.
     pub(super) async fn keep_limits_small(self, stop: CancellationToken) {
-        let mut every = tokio::time::interval(FORGET_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = every.tick() => {}
-            }
+        super::every(FORGET_EVERY, stop, || {
             let limits = &self.inner.rate_limits;
             limits.forget_idle();
             metrics::gauge!(crate::metrics::RATE_LIMIT_KEYS).set(limits.keys() as f64);
-        }
+        })
+        .await;
     }
 }
 

@@ -246,35 +246,14 @@ impl ChatService {
             }),
         };
         let (ready, listening) = tokio::sync::oneshot::channel();
-        let listener = service
-            .clone()
-            .listen(service.inner.shutdown.child_token(), ready);
-        service.inner.tasks.spawn(listener);
-        let alive = service
-            .clone()
-            .keep_alive(service.inner.shutdown.child_token());
-        service.inner.tasks.spawn(alive);
-        let forget = service
-            .clone()
-            .keep_limits_small(service.inner.shutdown.child_token());
-        service.inner.tasks.spawn(forget);
-        let sweep = service
-            .clone()
-            .sweep_topology(service.inner.shutdown.child_token());
-        service.inner.tasks.spawn(sweep);
-        let trim = service
-            .clone()
-            .keep_caches_small(service.inner.shutdown.child_token());
-        service.inner.tasks.spawn(trim);
-        let publish = service
-            .clone()
-            .publish_stored(parcels, service.inner.shutdown.child_token());
-        service.inner.tasks.spawn(publish);
+        service.in_background(|s, stop| s.listen(stop, ready));
+        service.in_background(ChatService::keep_alive);
+        service.in_background(ChatService::keep_limits_small);
+        service.in_background(ChatService::sweep_topology);
+        service.in_background(ChatService::keep_caches_small);
+        service.in_background(|s, stop| s.publish_stored(parcels, stop));
         let (leased, leasing) = tokio::sync::oneshot::channel();
-        let lease = service
-            .clone()
-            .keep_leasing(service.inner.shutdown.child_token(), leased);
-        service.inner.tasks.spawn(lease);
+        service.in_background(|s, stop| s.keep_leasing(stop, leased));
         if tokio::time::timeout(EVENTS_READY_WAIT, leasing)
             .await
             .is_err()
@@ -289,6 +268,17 @@ impl ChatService {
         }
         tracing::info!(instance = %service.inner.instance, "service started");
         Ok(service)
+    }
+
+    /// Runs `task` beside the service until it shuts down (the task is given the service and
+    /// the token that fires then); shutting down waits for it.
+    fn in_background<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(ChatService, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let running = task(self.clone(), self.inner.shutdown.child_token());
+        self.inner.tasks.spawn(running);
     }
 
     /// Registration and token checks.
@@ -411,6 +401,18 @@ async fn check_queue_type(broker: &dyn Broker, store: &dyn Store) -> Result<(), 
              (the README's Operations section says how to change it)"
         ))),
         _ => Ok(()),
+    }
+}
+
+/// Does `work` every `period` (the first time at once) until `stop` fires.
+async fn every(period: Duration, stop: CancellationToken, mut work: impl FnMut()) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => work(),
+        }
     }
 }
 

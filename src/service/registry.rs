@@ -175,16 +175,11 @@ impl ChatService {
     /// Keeps all rooms' caches within [`super::ServiceConfig::cache_total`] messages, checking
     /// every [`CACHE_CHECK`], until `shutdown`.
     pub(super) async fn keep_caches_small(self, shutdown: CancellationToken) {
-        let mut every = tokio::time::interval(CACHE_CHECK);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = every.tick() => {}
-            }
+        super::every(CACHE_CHECK, shutdown, || {
             let cached = self.inner.rooms.trim_caches(self.inner.config.cache_total);
             metrics::gauge!(crate::metrics::CACHED_MESSAGES).set(cached as f64);
-        }
+        })
+        .await;
     }
 
     /// The topology sweep: once every consumer started with the instance has subscribed (each
