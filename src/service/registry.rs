@@ -100,19 +100,17 @@ impl ChatService {
         self.start_consumer(name, None);
     }
 
-    /// Takes a room this instance has just created (stored, topology declared) without reading
-    /// it back: an empty cache, and a consumer that starts from what was made.
+    /// Takes a room this instance has just stored without reading it back (an empty cache);
+    /// its consumer is started once its topology is declared ([`Self::start_consumer`] with
+    /// the creation's metadata).
     pub(super) fn adopt(&self, meta: RoomMeta) -> ChatRoom {
-        let name = meta.name.clone();
         let room = ChatRoom::from_meta(
-            meta.clone(),
+            meta,
             self.inner.broker.clone(),
             self.inner.store.clone(),
             self.inner.config.cache_capacity,
         );
-        let room = self.inner.rooms.add_or_get(room);
-        self.start_consumer(&name, Some(meta));
-        room
+        self.inner.rooms.add_or_get(room)
     }
 
     /// The room is in use: its consumer, if still waiting to subscribe, goes first.
@@ -127,7 +125,7 @@ impl ChatService {
         }
     }
 
-    fn start_consumer(&self, name: &RoomName, created: Option<RoomMeta>) {
+    pub(super) fn start_consumer(&self, name: &RoomName, created: Option<RoomMeta>) {
         let inner = &self.inner;
         let token = inner.shutdown.child_token();
         let run = inner.consumer_runs.fetch_add(1, Ordering::Relaxed);

@@ -148,6 +148,9 @@ impl ChatService {
         if let Some(existing) = existing {
             return Ok(Made::Existing(existing));
         }
+        // Known here from now on: a member another instance adds meanwhile (its event) is
+        // applied to this copy, not lost to it.
+        let room = self.adopt(meta.clone());
         let broker = self.inner.broker.as_ref();
         let ready = async {
             declare_topology(broker, &meta).await?;
@@ -156,6 +159,9 @@ impl ChatService {
         };
         if let Err(e) = ready.await {
             tracing::warn!(room = %name, error = %e, "room creation failed; undoing it");
+            if let Some(adopted) = self.inner.rooms.remove(name) {
+                adopted.close();
+            }
             // A clash means the queue or exchange is someone else's: leave it alone.
             if !matches!(e, ChatError::NameClash(_)) {
                 let _ = broker.delete_room(name, group_room).await;
@@ -166,7 +172,7 @@ impl ChatService {
             }
             return Err(e);
         }
-        let room = self.adopt(meta);
+        self.start_consumer(name, Some(meta));
         self.announce(ClusterEvent::RoomCreated { room: name.clone() })
             .await;
         tracing::info!(room = %name, group_room, "room created");
@@ -264,7 +270,13 @@ impl ChatService {
         let mut metas = Vec::new();
         for name in self.inner.store.rooms_of(actor).await? {
             let meta = match self.inner.rooms.find(&name) {
-                Some(room) => Some(room.meta()),
+                // A "no" from this instance's copy is checked against the store (the change
+                // that made `actor` a member may not have reached this copy yet).
+                Some(room) => match self.is_member(&room, actor).await {
+                    Ok(_) => Some(room.meta()),
+                    Err(ChatError::RoomNotFound(_)) => None,
+                    Err(e) => return Err(e),
+                },
                 None => self.inner.store.load_room(&name).await?,
             };
             metas.extend(meta.filter(|m| m.members.contains(actor)));
