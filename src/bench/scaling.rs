@@ -481,6 +481,7 @@ fn rows(
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     let first = steps.first().map(|s| s.acked_per_s);
+    let first_p50 = steps.first().map(|s| s.stored.clone().percentile_ms(50.0));
     let largest = counts[2];
     for step in steps {
         let n = step.rooms;
@@ -509,11 +510,19 @@ fn rows(
         }
         rows.push(acked);
         let mut stored = step.stored.clone();
-        rows.push(Row::new(
+        let mut p50 = Row::new(
             format!("send→stored p50 at {RATE}/s over {n} rooms"),
             stored.percentile_ms(50.0),
             Unit::Millis,
-        ));
+        );
+        // A send's time at a moderate load, beside the smallest count's (the acked rate above
+        // is the cost at saturation).
+        if n != counts[0]
+            && let Some(base) = first_p50
+        {
+            p50 = p50.against(format!("{} rooms", counts[0]), base);
+        }
+        rows.push(p50);
         let mut rss = Row::new(
             format!("service RSS with {n} rooms"),
             step.rss_kib as f64 / 1024.0,
