@@ -67,3 +67,29 @@ pub fn handle() -> &'static PrometheusHandle {
             .expect("no other metrics recorder is installed")
     })
 }
+
+/// The value of the unlabelled metric `name` in a Prometheus text exposition (`/metrics`), if
+/// it is there.
+pub fn value_in(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::value_in;
+
+    #[test]
+    fn a_value_is_read_by_its_whole_name() {
+        let text = "# TYPE mess_chat_rooms_known gauge\nmess_chat_rooms_known_x 3\n\
+                    mess_chat_rooms_known 12\nmess_chat_rooms_consuming 11.5\n";
+        assert_eq!(value_in(text, "mess_chat_rooms_known"), Some(12.0));
+        assert_eq!(value_in(text, "mess_chat_rooms_consuming"), Some(11.5));
+        assert_eq!(value_in(text, "mess_chat_rooms"), None);
+    }
+}

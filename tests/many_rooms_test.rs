@@ -186,9 +186,7 @@ async fn gauge(t: &TestServer, name: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    mess_chat::metrics::value_in(&text, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 /// Runs the scenario, then removes what it made from the shared servers even if it failed (a

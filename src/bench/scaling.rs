@@ -447,15 +447,7 @@ async fn gauge(http: &reqwest::Client, base: &str, name: &str) -> f64 {
         return f64::NAN;
     };
     let text = answer.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(f64::NAN)
+    crate::metrics::value_in(&text, name).unwrap_or(f64::NAN)
 }
 
 /// Whether `/readyz` answers 200 within `limit`.

@@ -314,13 +314,7 @@ impl Announce for Announcer {
             messages: messages.to_vec(),
         };
         inner.outbox.send(batch).await;
-        let service = ChatService { inner };
-        service
-            .apply(ClusterEvent::Stored {
-                room: room.clone(),
-                messages: messages.to_vec(),
-            })
-            .await;
+        ChatService { inner }.apply_stored(room, messages).await;
     }
 
     async fn queue_lost(&self, room: &RoomName) {

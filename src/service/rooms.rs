@@ -159,9 +159,7 @@ impl ChatService {
         };
         if let Err(e) = ready.await {
             tracing::warn!(room = %name, error = %e, "room creation failed; undoing it");
-            if let Some(adopted) = self.inner.rooms.remove(name) {
-                adopted.close();
-            }
+            self.forget_room(name);
             // A clash means the queue or exchange is someone else's: leave it alone.
             if !matches!(e, ChatError::NameClash(_)) {
                 let _ = broker.delete_room(name, group_room).await;
