@@ -15,10 +15,12 @@
 //! metadata document, members change by `$addToSet` / `$pull`, the room list likewise.
 
 pub mod baseline;
+mod combine;
 mod migrate;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +39,7 @@ use crate::model::{
     Alias, ChatMessage, MessageId, MessageProperties, MessageType, RoomListMeta, RoomMeta,
     RoomName, UserRecord,
 };
+use combine::Written;
 
 /// Collection holding the room lists' metadata (earlier versions also kept each list's rooms
 /// there, in one growing array: still read, no longer written).
@@ -80,6 +83,11 @@ pub struct MongoStore {
     indexed: Mutex<HashSet<RoomName>>,
     /// Room lists whose own document this process has seen (written once, not per room).
     lists: Mutex<HashSet<String>>,
+    /// Writes the message batches of many rooms together.
+    combiner: combine::Combiner,
+    /// Set once the server turned down a combined write (before MongoDB 8.0): each room's batch
+    /// is then written alone.
+    rooms_written_alone: AtomicBool,
 }
 
 impl From<mongodb::error::Error> for StoreError {
@@ -142,10 +150,15 @@ impl MongoStore {
             options.read_concern = Some(ReadConcern::majority());
         }
         let client = Client::with_options(options)?;
+        let db = client.database(db_name);
+        let combiner =
+            combine::Combiner::start(client, db_name.to_string(), db.write_concern().cloned());
         Ok(Self {
-            db: client.database(db_name),
+            db,
             indexed: Mutex::new(HashSet::new()),
             lists: Mutex::new(HashSet::new()),
+            combiner,
+            rooms_written_alone: AtomicBool::new(false),
         })
     }
 
@@ -800,13 +813,30 @@ impl Store for MongoStore {
         }
         self.ensure_indexes(room).await?;
         // Ordered: the server stops at the first failure, so what is stored is always a prefix.
-        let docs = messages.iter().map(message_to_doc);
-        let index = match self.room(room).insert_many(docs).ordered(true).await {
-            Ok(_) => return Ok(None),
-            Err(e) => match first_duplicate(&e) {
-                Some(index) => index,
-                None => return Err(e.into()),
-            },
+        let docs: Vec<Document> = messages.iter().map(message_to_doc).collect();
+        let alone = self.rooms_written_alone.load(Ordering::Relaxed);
+        let written = match alone {
+            false => self.combiner.insert(room.as_str(), docs.clone()).await?,
+            true => Written::Unsupported,
+        };
+        let index = match written {
+            Written::All => return Ok(None),
+            Written::DuplicateAt(index) => index,
+            Written::Unsupported => {
+                if !alone {
+                    tracing::info!(
+                        "the store has no bulkWrite (MongoDB 8.0+): rooms written alone"
+                    );
+                    self.rooms_written_alone.store(true, Ordering::Relaxed);
+                }
+                match self.room(room).insert_many(docs).ordered(true).await {
+                    Ok(_) => return Ok(None),
+                    Err(e) => match first_duplicate(&e) {
+                        Some(index) => index,
+                        None => return Err(e.into()),
+                    },
+                }
+            }
         };
         // Two unique keys can collide: `_id` (this message is stored already) or the sequence
         // number (another message holds it). The message's own id decides which.
