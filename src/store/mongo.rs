@@ -20,7 +20,6 @@ mod migrate;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,7 +38,6 @@ use crate::model::{
     Alias, ChatMessage, MessageId, MessageProperties, MessageType, RoomListMeta, RoomMeta,
     RoomName, UserRecord,
 };
-use combine::Written;
 
 /// Collection holding the room lists' metadata (earlier versions also kept each list's rooms
 /// there, in one growing array: still read, no longer written).
@@ -83,11 +81,8 @@ pub struct MongoStore {
     indexed: Mutex<HashSet<RoomName>>,
     /// Room lists whose own document this process has seen (written once, not per room).
     lists: Mutex<HashSet<String>>,
-    /// Writes the message batches of many rooms together.
+    /// Writes the batches of many rooms together (messages, and a creation's small writes).
     combiner: combine::Combiner,
-    /// Set once the server turned down a combined write (before MongoDB 8.0): each room's batch
-    /// is then written alone.
-    rooms_written_alone: AtomicBool,
 }
 
 impl From<mongodb::error::Error> for StoreError {
@@ -129,6 +124,17 @@ pub fn validate_database_name(name: &str) -> Result<(), String> {
 impl MongoStore {
     /// Connects lazily to `url` and uses database `db_name`. Fails only on a malformed URL or name.
     pub async fn connect(url: &str, db_name: &str) -> Result<Self, StoreError> {
+        Self::open(url, db_name, combine::Rooms::Together).await
+    }
+
+    /// Like [`connect`](Self::connect), writing each room's batch alone, as against a server
+    /// before MongoDB 8.0 (which has no client-level `bulkWrite`); the test suite runs the store
+    /// conformance tests through it too.
+    pub async fn connect_writing_rooms_alone(url: &str, db_name: &str) -> Result<Self, StoreError> {
+        Self::open(url, db_name, combine::Rooms::Alone).await
+    }
+
+    async fn open(url: &str, db_name: &str, rooms: combine::Rooms) -> Result<Self, StoreError> {
         validate_database_name(db_name).map_err(StoreError::Unavailable)?;
         let mut options = ClientOptions::parse(url).await?;
         options.app_name = Some("mess-chat".into());
@@ -151,14 +157,12 @@ impl MongoStore {
         }
         let client = Client::with_options(options)?;
         let db = client.database(db_name);
-        let combiner =
-            combine::Combiner::start(client, db_name.to_string(), db.write_concern().cloned());
+        let combiner = combine::Combiner::start(db.clone(), db.write_concern().cloned(), rooms);
         Ok(Self {
             db,
             indexed: Mutex::new(HashSet::new()),
             lists: Mutex::new(HashSet::new()),
             combiner,
-            rooms_written_alone: AtomicBool::new(false),
         })
     }
 
@@ -198,11 +202,11 @@ impl MongoStore {
         added: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let update = doc! { "$setOnInsert": { "list": list, "added": date(added) } };
-        self.db
-            .collection::<Document>(LISTED_ROOMS_COLLECTION)
-            .update_one(doc! { "_id": room.as_str() }, update)
-            .upsert(true)
-            .await?;
+        let filter = doc! { "_id": room.as_str() };
+        let write = self
+            .combiner
+            .upsert(LISTED_ROOMS_COLLECTION, filter, update);
+        self.combiner.write(vec![write]).await?;
         Ok(())
     }
 
@@ -299,12 +303,15 @@ impl MongoStore {
         if let Some(owner) = owner.filter(|o| !aliases.contains(o)) {
             updates.push((owner, doc! { "owned": room.as_str() }));
         }
-        for (alias, added) in updates {
-            self.memberships()
-                .update_one(doc! { "_id": alias.as_str() }, doc! { "$addToSet": added })
-                .upsert(true)
-                .await?;
-        }
+        let writes = updates
+            .into_iter()
+            .map(|(alias, added)| {
+                let filter = doc! { "_id": alias.as_str() };
+                let update = doc! { "$addToSet": added };
+                self.combiner.upsert(MEMBERSHIPS_COLLECTION, filter, update)
+            })
+            .collect();
+        self.combiner.write(writes).await?;
         Ok(())
     }
 
@@ -613,8 +620,9 @@ impl Store for MongoStore {
         // A new room's collection has no index of an earlier version to drop (an existing one
         // has its indexes seen to on first use), so only the sequence index is made here.
         self.room(&meta.name).create_index(sequence_index()).await?;
-        match self.room(&meta.name).insert_one(meta_to_doc(meta)).await {
-            Ok(_) => {
+        let insert = self.combiner.insert(meta.name.as_str(), meta_to_doc(meta));
+        match self.combiner.write(vec![insert]).await? {
+            None => {
                 self.indexed
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -638,7 +646,7 @@ impl Store for MongoStore {
                 }
                 Ok(Created::New)
             }
-            Err(e) if is_duplicate_key(&e) => match self.load_room(&meta.name).await? {
+            Some(_) => match self.load_room(&meta.name).await? {
                 Some(existing) => Ok(Created::Existing(existing)),
                 // Deleted between the two calls: the caller may try again.
                 None => Err(StoreError::Unavailable(format!(
@@ -646,7 +654,6 @@ impl Store for MongoStore {
                     meta.name
                 ))),
             },
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -813,30 +820,13 @@ impl Store for MongoStore {
         }
         self.ensure_indexes(room).await?;
         // Ordered: the server stops at the first failure, so what is stored is always a prefix.
-        let docs: Vec<Document> = messages.iter().map(message_to_doc).collect();
-        let alone = self.rooms_written_alone.load(Ordering::Relaxed);
-        let written = match alone {
-            false => self.combiner.insert(room.as_str(), docs.clone()).await?,
-            true => Written::Unsupported,
-        };
-        let index = match written {
-            Written::All => return Ok(None),
-            Written::DuplicateAt(index) => index,
-            Written::Unsupported => {
-                if !alone {
-                    tracing::info!(
-                        "the store has no bulkWrite (MongoDB 8.0+): rooms written alone"
-                    );
-                    self.rooms_written_alone.store(true, Ordering::Relaxed);
-                }
-                match self.room(room).insert_many(docs).ordered(true).await {
-                    Ok(_) => return Ok(None),
-                    Err(e) => match first_duplicate(&e) {
-                        Some(index) => index,
-                        None => return Err(e.into()),
-                    },
-                }
-            }
+        let collection = room.as_str();
+        let writes = messages
+            .iter()
+            .map(|m| self.combiner.insert(collection, message_to_doc(m)))
+            .collect();
+        let Some(index) = self.combiner.write(writes).await? else {
+            return Ok(None);
         };
         // Two unique keys can collide: `_id` (this message is stored already) or the sequence
         // number (another message holds it). The message's own id decides which.

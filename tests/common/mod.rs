@@ -183,11 +183,20 @@ impl Env {
         }
     }
 
-    /// A handle on the test's MongoDB database.
+    /// A handle on the test's MongoDB database. With `MESS_CHAT_TEST_STORE_WRITES=alone` it
+    /// writes each room's batch alone, as against a server before MongoDB 8.0 (`scripts/test.sh`
+    /// runs the store conformance suite so once more).
     pub async fn mongo(&self) -> MongoStore {
-        MongoStore::connect(&mongo_url(), &self.mongo_db)
-            .await
-            .expect("MongoDB URL parses")
+        let store = match std::env::var("MESS_CHAT_TEST_STORE_WRITES").as_deref() {
+            Err(_) | Ok("") | Ok("together") => {
+                MongoStore::connect(&mongo_url(), &self.mongo_db).await
+            }
+            Ok("alone") => {
+                MongoStore::connect_writing_rooms_alone(&mongo_url(), &self.mongo_db).await
+            }
+            Ok(other) => panic!("MESS_CHAT_TEST_STORE_WRITES={other}: together or alone"),
+        };
+        store.expect("MongoDB URL parses")
     }
 
     /// Removes what the test left on the shared servers: its queues and exchanges (`rooms` and

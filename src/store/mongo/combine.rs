@@ -1,84 +1,109 @@
-//! Message writes of many rooms gathered into one: every room's consumer stores its batch through
-//! [`Combiner::insert`], and one task writes all the batches waiting at that moment in one
-//! ordered client-level `bulkWrite` (MongoDB 8.0+) instead of one `insert` per room.
+//! Writes of many rooms gathered into one: every room's consumer stores its batch of messages
+//! (and every creation its small writes) through [`Combiner::write`], and one task writes all the
+//! batches waiting at that moment in one ordered client-level `bulkWrite` (MongoDB 8.0+) instead
+//! of one command per room.
 //!
 //! Over many rooms each send is a batch of its own, and a server's cost is per command: on
 //! SecantusDB single-document inserts into 10,000 collections run at about 1,000/s, one
-//! `bulkWrite` at a time of 32 of them at about 5,000 documents/s (`scripts/store-rooms-ratio.py`).
-//! Writing them together is what keeps a send's cost flat as the rooms grow.
+//! `bulkWrite` at a time of 32 of them at about 5,000 documents/s. Writing them together is what
+//! keeps a send's cost flat as the rooms grow.
 //!
-//! The write is ordered, so each room's batch still ends as it would alone: the server stops at
-//! the first failed document, everything before it is stored and nothing after it. The batch
-//! holding the failure hears where it stopped; the batches before it are stored; the batches
-//! after it were not attempted and go into the next round.
+//! The write is ordered, so each batch still ends as it would alone: the server stops at the
+//! first failed write, everything before it is done and nothing after it. The batch holding the
+//! failure hears where it stopped; the batches before it are done; the batches after it were not
+//! attempted and go into the next round. A server without `bulkWrite` has each batch written
+//! alone, as before.
 
 use std::collections::VecDeque;
 
 use mongodb::action::Action;
 use mongodb::bson::Document;
 use mongodb::error::ErrorKind;
-use mongodb::options::{InsertOneModel, WriteConcern, WriteModel};
-use mongodb::{Client, Namespace};
+use mongodb::options::{InsertOneModel, UpdateOneModel, WriteConcern, WriteModel};
+use mongodb::{Client, Database, Namespace};
 use tokio::sync::{mpsc, oneshot};
 
-use super::DUPLICATE_KEY;
+use super::{DUPLICATE_KEY, first_duplicate, is_duplicate_key};
 use crate::store::StoreError;
 
-/// At most this many documents are gathered into one round (the driver further splits a round
-/// to the server's message size).
-const ROUND_DOCUMENTS: usize = 1_000;
+/// At most this many writes are gathered into one round (the driver further splits a round to
+/// the server's message size).
+const ROUND_WRITES: usize = 1_000;
 
-/// How one room's batch ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Written {
-    /// Every document is stored.
-    All,
-    /// The document at this index has a key stored already (its `_id`, or its sequence number):
-    /// those before it are stored, none after it.
-    DuplicateAt(usize),
-    /// The server has no client-level `bulkWrite` (before MongoDB 8.0): nothing was written.
-    Unsupported,
+/// How a batch ended: `None` when every write was done, `Some(i)` when write `i` met a key
+/// stored already (an `_id`, or a unique sequence number): those before it are done, none after.
+pub(super) type Stop = Option<usize>;
+
+/// How the rooms' batches are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rooms {
+    /// Gathered into rounds (until the server turns a `bulkWrite` down).
+    Together,
+    /// Each batch alone.
+    Alone,
 }
 
-/// One room's batch waiting for a round.
+/// One batch waiting for a round.
 struct Batch {
-    collection: String,
-    documents: Vec<Document>,
-    reply: oneshot::Sender<Result<Written, StoreError>>,
+    writes: Vec<WriteModel>,
+    reply: oneshot::Sender<Result<Stop, StoreError>>,
 }
 
 /// The handle the store writes through; the task behind it ends when the handle is dropped.
 pub(super) struct Combiner {
     batches: mpsc::UnboundedSender<Batch>,
+    db: String,
 }
 
 impl Combiner {
-    /// Starts the task that writes into database `db` of `client` with `write_concern`.
-    pub(super) fn start(client: Client, db: String, write_concern: Option<WriteConcern>) -> Self {
+    /// Starts the task that writes into `db` with `write_concern`.
+    pub(super) fn start(db: Database, write_concern: Option<WriteConcern>, rooms: Rooms) -> Self {
         let (batches, waiting) = mpsc::unbounded_channel();
+        let name = db.name().to_string();
         let writer = Writer {
-            client,
+            client: db.client().clone(),
             db,
             write_concern,
+            alone: rooms == Rooms::Alone,
         };
         tokio::spawn(writer.run(waiting));
-        Self { batches }
+        Self { batches, db: name }
     }
 
-    /// Writes `documents` into `collection`, in order, gathered with the batches of other rooms.
-    pub(super) async fn insert(
+    /// An insert of `document` into `collection`.
+    pub(super) fn insert(&self, collection: &str, document: Document) -> WriteModel {
+        let namespace = Namespace::new(&self.db, collection);
+        InsertOneModel::builder()
+            .namespace(namespace)
+            .document(document)
+            .build()
+            .into()
+    }
+
+    /// An update of the document `filter` matches in `collection`, inserted if there is none.
+    pub(super) fn upsert(
         &self,
         collection: &str,
-        documents: Vec<Document>,
-    ) -> Result<Written, StoreError> {
+        filter: Document,
+        update: Document,
+    ) -> WriteModel {
+        let namespace = Namespace::new(&self.db, collection);
+        UpdateOneModel::builder()
+            .namespace(namespace)
+            .filter(filter)
+            .update(update)
+            .upsert(true)
+            .build()
+            .into()
+    }
+
+    /// Does `writes` in order, gathered with the batches of other rooms.
+    pub(super) async fn write(&self, writes: Vec<WriteModel>) -> Result<Stop, StoreError> {
         let (reply, written) = oneshot::channel();
-        let batch = Batch {
-            collection: collection.to_string(),
-            documents,
-            reply,
-        };
         let stopped = || StoreError::Unavailable("the store's writer has stopped".into());
-        self.batches.send(batch).map_err(|_| stopped())?;
+        self.batches
+            .send(Batch { writes, reply })
+            .map_err(|_| stopped())?;
         written.await.map_err(|_| stopped())?
     }
 }
@@ -99,9 +124,11 @@ enum Round {
 /// What one batch of a round is told, or that it goes into the next round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Settled {
-    Written(Written),
+    Done(Stop),
     Failed,
     Again,
+    /// To be written alone (the server has no `bulkWrite`).
+    Alone,
 }
 
 /// What a round's outcome means for each of its batches, given their sizes in round order.
@@ -113,15 +140,13 @@ fn settle(sizes: &[usize], round: &Round) -> Vec<Settled> {
             let range = start..start + size;
             start += size;
             match *round {
-                Round::Stored => Settled::Written(Written::All),
+                Round::Stored => Settled::Done(None),
                 Round::Failed => Settled::Failed,
-                Round::Unsupported => Settled::Written(Written::Unsupported),
-                Round::FailedAt { index, .. } if index >= range.end => {
-                    Settled::Written(Written::All)
-                }
+                Round::Unsupported => Settled::Alone,
+                Round::FailedAt { index, .. } if index >= range.end => Settled::Done(None),
                 Round::FailedAt { index, .. } if index < range.start => Settled::Again,
                 Round::FailedAt { index, duplicate } => match duplicate {
-                    true => Settled::Written(Written::DuplicateAt(index - range.start)),
+                    true => Settled::Done(Some(index - range.start)),
                     false => Settled::Failed,
                 },
             }
@@ -133,12 +158,14 @@ fn settle(sizes: &[usize], round: &Round) -> Vec<Settled> {
 /// best: on SecantusDB, four concurrent `bulkWrite`s together wrote less than one alone).
 struct Writer {
     client: Client,
-    db: String,
+    db: Database,
     write_concern: Option<WriteConcern>,
+    /// The server turned down a `bulkWrite` (before MongoDB 8.0): every batch is written alone.
+    alone: bool,
 }
 
 impl Writer {
-    async fn run(self, mut waiting: mpsc::UnboundedReceiver<Batch>) {
+    async fn run(mut self, mut waiting: mpsc::UnboundedReceiver<Batch>) {
         // Batches of an earlier round that were not attempted; they go first.
         let mut again: VecDeque<Batch> = VecDeque::new();
         loop {
@@ -149,22 +176,35 @@ impl Writer {
                 }
             }
             let mut round: Vec<Batch> = Vec::new();
-            let mut documents = 0;
-            while documents < ROUND_DOCUMENTS {
+            let mut writes = 0;
+            while writes < ROUND_WRITES {
                 let Some(batch) = again.pop_front().or_else(|| waiting.try_recv().ok()) else {
                     break;
                 };
-                documents += batch.documents.len();
+                writes += batch.writes.len();
                 round.push(batch);
             }
-            let sizes: Vec<usize> = round.iter().map(|b| b.documents.len()).collect();
-            let (outcome, error) = self.write(&round).await;
+            let sizes: Vec<usize> = round.iter().map(|b| b.writes.len()).collect();
+            let (outcome, error) = match self.alone {
+                false => self.write(&round).await,
+                true => (Round::Unsupported, String::new()),
+            };
+            if outcome == Round::Unsupported && !self.alone {
+                tracing::info!(
+                    "the store has no bulkWrite (MongoDB 8.0+): each room written alone"
+                );
+                self.alone = true;
+            }
             for (batch, settled) in round.into_iter().zip(settle(&sizes, &outcome)) {
                 let answer = match settled {
-                    Settled::Written(written) => Ok(written),
+                    Settled::Done(stop) => Ok(stop),
                     Settled::Failed => Err(StoreError::Unavailable(error.clone())),
                     Settled::Again => {
                         again.push_back(batch);
+                        continue;
+                    }
+                    Settled::Alone => {
+                        tokio::spawn(write_alone(self.db.clone(), batch));
                         continue;
                     }
                 };
@@ -176,20 +216,10 @@ impl Writer {
 
     /// Writes one round; its outcome, and the error's text when it failed.
     async fn write(&self, round: &[Batch]) -> (Round, String) {
-        let models = round.iter().flat_map(|batch| {
-            let namespace = Namespace::new(&self.db, &batch.collection);
-            batch.documents.iter().map(move |document| {
-                WriteModel::from(
-                    InsertOneModel::builder()
-                        .namespace(namespace.clone())
-                        .document(document.clone())
-                        .build(),
-                )
-            })
-        });
+        let writes = round.iter().flat_map(|batch| batch.writes.iter().cloned());
         let error = match self
             .client
-            .bulk_write(models)
+            .bulk_write(writes)
             .ordered(true)
             .optional(self.write_concern.clone(), |w, c| w.write_concern(c))
             .await
@@ -218,6 +248,60 @@ impl Writer {
     }
 }
 
+/// Writes one batch without `bulkWrite`: inserts into one collection as one ordered insert, any
+/// other batch one write at a time.
+async fn write_alone(db: Database, batch: Batch) {
+    let _ = batch.reply.send(alone(&db, batch.writes).await);
+}
+
+async fn alone(db: &Database, writes: Vec<WriteModel>) -> Result<Stop, StoreError> {
+    let inserts: Option<Vec<(Namespace, Document)>> = writes
+        .iter()
+        .map(|w| match w {
+            WriteModel::InsertOne(i) => Some((i.namespace.clone(), i.document.clone())),
+            _ => None,
+        })
+        .collect();
+    if let Some(inserts) = inserts.filter(|i| i.iter().all(|(n, _)| *n == i[0].0)) {
+        let Some((namespace, _)) = inserts.first() else {
+            return Ok(None);
+        };
+        let collection = db.collection::<Document>(&namespace.coll);
+        let documents = inserts.into_iter().map(|(_, d)| d);
+        return match collection.insert_many(documents).ordered(true).await {
+            Ok(_) => Ok(None),
+            Err(e) => first_duplicate(&e).map(Some).ok_or_else(|| e.into()),
+        };
+    }
+    for (index, write) in writes.into_iter().enumerate() {
+        let done = match write {
+            WriteModel::InsertOne(i) => {
+                let collection = db.collection::<Document>(&i.namespace.coll);
+                collection.insert_one(i.document).await.map(drop)
+            }
+            WriteModel::UpdateOne(u) => {
+                let collection = db.collection::<Document>(&u.namespace.coll);
+                let upsert = u.upsert.unwrap_or(false);
+                collection
+                    .update_one(u.filter, u.update)
+                    .upsert(upsert)
+                    .await
+                    .map(drop)
+            }
+            other => {
+                let message = format!("no single write for {other:?}");
+                return Err(StoreError::Unavailable(message));
+            }
+        };
+        match done {
+            Ok(()) => {}
+            Err(e) if is_duplicate_key(&e) => return Ok(Some(index)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,7 +310,7 @@ mod tests {
     fn a_stored_round_stores_every_batch() {
         assert_eq!(
             settle(&[2, 1, 3], &Round::Stored),
-            vec![Settled::Written(Written::All); 3]
+            vec![Settled::Done(None); 3]
         );
     }
 
@@ -241,9 +325,9 @@ mod tests {
         assert_eq!(
             settle(&sizes, &duplicate),
             vec![
-                Settled::Written(Written::All),
-                Settled::Written(Written::All),
-                Settled::Written(Written::DuplicateAt(1)),
+                Settled::Done(None),
+                Settled::Done(None),
+                Settled::Done(Some(1)),
                 Settled::Again,
             ]
         );
@@ -254,8 +338,8 @@ mod tests {
         assert_eq!(
             settle(&sizes, &other),
             vec![
-                Settled::Written(Written::All),
-                Settled::Written(Written::All),
+                Settled::Done(None),
+                Settled::Done(None),
                 Settled::Failed,
                 Settled::Again,
             ]
@@ -270,10 +354,7 @@ mod tests {
         };
         assert_eq!(
             settle(&[2, 2], &round),
-            vec![
-                Settled::Written(Written::All),
-                Settled::Written(Written::DuplicateAt(0)),
-            ]
+            vec![Settled::Done(None), Settled::Done(Some(0)),]
         );
     }
 
@@ -282,7 +363,7 @@ mod tests {
         assert_eq!(settle(&[1, 2], &Round::Failed), vec![Settled::Failed; 2]);
         assert_eq!(
             settle(&[1, 2], &Round::Unsupported),
-            vec![Settled::Written(Written::Unsupported); 2]
+            vec![Settled::Alone; 2]
         );
     }
 }
