@@ -39,6 +39,7 @@ on_both_backends!(
     a_number_taken_by_another_message_is_refused,
     a_room_is_created_once,
     rooms_owned_counts_the_rooms_an_alias_created_and_still_has,
+    concurrent_creations_by_one_new_owner_index_every_room,
     members_change_one_at_a_time_and_index_their_rooms,
     the_room_list_changes_one_name_at_a_time,
     instance_numbers_are_leased_to_one_holder_at_a_time,
@@ -666,6 +667,39 @@ async fn rooms_owned_counts_the_rooms_an_alias_created_and_still_has(backend: Ba
         assert_eq!(store.rooms_owned(&ann).await.unwrap(), 1);
         store.delete_room(&saved).await.unwrap();
         assert_eq!(store.rooms_owned(&ann).await.unwrap(), 0);
+    })
+    .await
+}
+
+/// Creations at once by an alias the store has not seen: their membership writes race to make
+/// the alias's one index document, and every room must still be indexed (owned and joined).
+async fn concurrent_creations_by_one_new_owner_index_every_room(backend: Backend) {
+    with_store(backend, |store| async move {
+        const ROUNDS: usize = 5;
+        const ROOMS: u64 = 16;
+        for round in 0..ROUNDS {
+            let owner = format!("fresh-{round}");
+            let rooms: Vec<RoomName> = (0..ROOMS).map(|_| common::room("race")).collect();
+            let creations = rooms.iter().map(|room| {
+                let store = Arc::clone(&store);
+                let meta = room_meta(room, true, &[owner.as_str()]);
+                async move { store.create_room(&meta).await }
+            });
+            for created in futures_util::future::join_all(creations).await {
+                assert_eq!(created.expect("create"), Created::New);
+            }
+            let owner = alias(&owner);
+            assert_eq!(
+                store.rooms_owned(&owner).await.unwrap(),
+                ROOMS,
+                "round {round}"
+            );
+            let mut joined = store.rooms_of(&owner).await.unwrap();
+            joined.sort();
+            let mut expected = rooms;
+            expected.sort();
+            assert_eq!(joined, expected, "round {round}");
+        }
     })
     .await
 }

@@ -28,7 +28,7 @@ use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{
     Acknowledgment, ClientOptions, FindOneOptions, FindOptions, IndexOptions, ReadConcern,
-    ReturnDocument, WriteConcern,
+    ReturnDocument, WriteConcern, WriteModel,
 };
 use mongodb::{Client, Collection, Database, IndexModel};
 use uuid::Uuid;
@@ -206,8 +206,22 @@ impl MongoStore {
         let write = self
             .combiner
             .upsert(LISTED_ROOMS_COLLECTION, filter, update);
-        self.combiner.write(vec![write]).await?;
-        Ok(())
+        self.upsert_all(vec![write]).await
+    }
+
+    /// Writes `upserts` (idempotent: `$setOnInsert`, `$addToSet`) until every one is done. Two
+    /// upserts of one new document at once can meet a duplicate key (both tried the insert);
+    /// the loser's write then stopped there, and redoing the batch finds the document.
+    async fn upsert_all(&self, upserts: Vec<WriteModel>) -> Result<(), StoreError> {
+        const TRIES: usize = 3;
+        for _ in 0..TRIES {
+            if self.combiner.write(upserts.clone()).await?.is_none() {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "{TRIES} tries of an idempotent upsert each met a duplicate key"
+        )))
     }
 
     async fn ensure_indexes(&self, room: &RoomName) -> Result<(), StoreError> {
@@ -311,8 +325,7 @@ impl MongoStore {
                 self.combiner.upsert(MEMBERSHIPS_COLLECTION, filter, update)
             })
             .collect();
-        self.combiner.write(writes).await?;
-        Ok(())
+        self.upsert_all(writes).await
     }
 
     /// Up to `limit` messages matching `filter`, the highest numbers first when `newest` (then
