@@ -94,6 +94,17 @@ pub struct SendParams {
     pub idempotency_key: Option<String>,
 }
 
+/// How long a pooled connection may sit idle before the client drops it: below the server's
+/// keep-alive limit (15 s, `HttpLimits::header_read_timeout`), so that the client never sends a
+/// request on a connection the server is closing at that moment (the request would meet a
+/// connection reset).
+pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An HTTP client whose pooled connections stay within the server's keep-alive limit.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_idle_timeout(POOL_IDLE)
+}
+
 /// A client of one mess-chat server.
 #[derive(Clone)]
 pub struct Client {
@@ -109,7 +120,7 @@ impl Client {
     pub fn new(base: impl Into<String>) -> Self {
         Self {
             base: base.into().trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http: http_builder().build().unwrap_or_default(),
             token: None,
         }
     }

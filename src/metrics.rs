@@ -18,6 +18,11 @@ pub const REDELIVERIES: &str = "mess_chat_redeliveries_total";
 pub const STORE_WRITES: &str = "mess_chat_store_writes_total";
 /// Messages per store write.
 pub const STORE_BATCH_SIZE: &str = "mess_chat_store_batch_size_messages";
+/// Combined writes (`bulkWrite` rounds) the MongoDB store made of many rooms' batches.
+pub const STORE_ROUNDS: &str = "mess_chat_store_rounds_total";
+/// Batches (a room's messages, a creation's writes) written in those rounds: divided by the
+/// rounds, how many batches each command carried.
+pub const STORE_ROUND_BATCHES: &str = "mess_chat_store_round_batches_total";
 /// Failed store operations of the consumers (each is retried).
 pub const STORE_ERRORS: &str = "mess_chat_store_errors_total";
 /// From `sent_time` to stored, seconds.

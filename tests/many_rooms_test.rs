@@ -111,7 +111,7 @@ async fn across_two(servers: &[Server], bases: &[String]) {
             ready.text().await.unwrap()
         );
     }
-    let http = reqwest::Client::new();
+    let http = mess_chat::client::http_builder().build().unwrap();
     let histories: Vec<(RoomName, Vec<String>)> = futures_util::stream::iter(rooms.iter().cloned())
         .enumerate()
         .map(|(i, r)| {
@@ -146,7 +146,7 @@ async fn send_all_through<'a>(
     text: &str,
     base_of: impl Fn(usize) -> &'a str,
 ) -> Vec<(RoomName, u16)> {
-    let http = reqwest::Client::new();
+    let http = mess_chat::client::http_builder().build().unwrap();
     futures_util::stream::iter(rooms.iter().cloned().enumerate())
         .map(|(i, r)| {
             let url = common::load::send_url(base_of(i), &r, from.as_str(), text);
@@ -176,6 +176,17 @@ fn refused(answers: &[(RoomName, u16)]) -> Vec<&(RoomName, u16)> {
         .iter()
         .filter(|(_, status)| *status != 200)
         .collect()
+}
+
+/// On the real back ends, the store's combined writes so far and the batches they carried.
+async fn store_rounds(t: &TestServer, backend: Backend) -> Option<(f64, f64)> {
+    if backend != Backend::Real {
+        return None;
+    }
+    Some((
+        gauge(t, "mess_chat_store_rounds_total").await,
+        gauge(t, "mess_chat_store_round_batches_total").await,
+    ))
 }
 
 /// A gauge's value in `/metrics`.
@@ -215,7 +226,20 @@ async fn scenario(t: &mut TestServer, backend: Backend) {
         "{:?}",
         &refused(&first)[..5.min(refused(&first).len())]
     );
+    let before = store_rounds(t, backend).await;
     let second = send_to_all(t, &rooms, &owner, "second").await;
+    if let (Some((rounds_before, batches_before)), Some((rounds_after, batches_after))) =
+        (before, store_rounds(t, backend).await)
+    {
+        // Each of these sends is a batch of its own room, 32 at a time: the store writes them
+        // together, several rooms' batches to a command.
+        let (rounds, batches) = (rounds_after - rounds_before, batches_after - batches_before);
+        eprintln!("{batches} batches in {rounds} combined writes");
+        assert!(
+            rounds >= 1.0 && batches >= 2.0 * rounds,
+            "{batches} batches in {rounds} combined writes"
+        );
+    }
     assert!(
         refused(&second).is_empty(),
         "{:?}",
@@ -271,7 +295,7 @@ async fn scenario(t: &mut TestServer, backend: Backend) {
     );
 
     // Every room holds its two messages (the last one three), in order.
-    let http = reqwest::Client::new();
+    let http = mess_chat::client::http_builder().build().unwrap();
     let histories: Vec<(RoomName, Vec<String>)> = futures_util::stream::iter(rooms.iter().cloned())
         .map(|r| {
             let url = t.url(&format!("/messages/?room_name={r}"));

@@ -207,6 +207,25 @@ pub async fn real(
     })
 }
 
+/// The store's raw single-insert rate on the real back end, alone: what the rooms section sets
+/// its creation rate against (a creation is a handful of single-document commands).
+pub async fn real_single_insert(
+    store: &MongoStore,
+    run_id: &str,
+    duration: Duration,
+    progress: &Progress,
+) -> Result<f64, BenchError> {
+    let mut scratch = Scratch::new(run_id)?;
+    let phase = progress.timed(insert_label(1), duration);
+    let room = scratch.room.clone();
+    let run = insert_rate(store, &room, 1, duration, || scratch.stored_message()).await;
+    store.delete_room(&room).await?;
+    let run = run?;
+    let per_s = per_second(run.inserted, run.elapsed);
+    phase.finish(&rate(per_s));
+    Ok(per_s)
+}
+
 fn insert_label(batch: usize) -> String {
     if batch == 1 {
         "raw store insert, one at a time".into()

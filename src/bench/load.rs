@@ -80,7 +80,7 @@ impl Load {
         run_id: &str,
         pool: usize,
     ) -> Result<Self, BenchError> {
-        let client = reqwest::Client::builder()
+        let client = crate::client::http_builder()
             .no_proxy()
             .pool_max_idle_per_host(MAX_IN_FLIGHT)
             .timeout(Duration::from_secs(30))

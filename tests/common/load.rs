@@ -105,7 +105,7 @@ impl Load {
     pub fn start(bases: Arc<Mutex<Vec<String>>>, rooms: Vec<RoomName>, workers: usize) -> Self {
         let acked: Acked = Arc::default();
         let stop = CancellationToken::new();
-        let http = reqwest::Client::builder()
+        let http = mess_chat::client::http_builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();

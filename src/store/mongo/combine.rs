@@ -24,6 +24,7 @@ use mongodb::{Client, Database, Namespace};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{DUPLICATE_KEY, first_duplicate, is_duplicate_key};
+use crate::metrics as m;
 use crate::store::StoreError;
 
 /// At most this many writes are gathered into one round (the driver further splits a round to
@@ -186,7 +187,11 @@ impl Writer {
             }
             let sizes: Vec<usize> = round.iter().map(|b| b.writes.len()).collect();
             let (outcome, error) = match self.alone {
-                false => self.write(&round).await,
+                false => {
+                    metrics::counter!(m::STORE_ROUNDS).increment(1);
+                    metrics::counter!(m::STORE_ROUND_BATCHES).increment(round.len() as u64);
+                    self.write(&round).await
+                }
                 true => (Round::Unsupported, String::new()),
             };
             if outcome == Round::Unsupported && !self.alone {
