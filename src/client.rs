@@ -120,7 +120,9 @@ impl Client {
     pub fn new(base: impl Into<String>) -> Self {
         Self {
             base: base.into().trim_end_matches('/').to_string(),
-            http: http_builder().build().unwrap_or_default(),
+            http: http_builder()
+                .build()
+                .expect("an HTTP client with default TLS"),
             token: None,
         }
     }

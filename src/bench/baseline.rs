@@ -185,20 +185,11 @@ pub async fn real(
     let publish_per_s = per_second(run.confirmed, run.elapsed);
     phase.finish(&rate(publish_per_s));
 
-    let mut inserts = Vec::new();
-    for batch in [1, INSERT_BATCH] {
-        let phase = progress.timed(insert_label(batch), duration);
-        let run = insert_rate(store, &scratch.room.clone(), batch, duration, || {
-            scratch.stored_message()
-        })
-        .await?;
-        let per_s = per_second(run.inserted, run.elapsed);
-        phase.finish(&rate(per_s));
-        inserts.push((per_s, Samples::from(run.op_times)));
-    }
+    let single = real_inserts(store, &mut scratch, 1, duration, progress).await;
+    let batched = real_inserts(store, &mut scratch, INSERT_BATCH, duration, progress).await;
     store.delete_room(&scratch.room).await?;
-    let (insert_batch_per_s, _) = inserts.pop().unwrap_or_default();
-    let (insert_single_per_s, insert_single) = inserts.pop().unwrap_or_default();
+    let (insert_single_per_s, insert_single) = single?;
+    let (insert_batch_per_s, _) = batched?;
     Ok(Baselines {
         publish_per_s,
         insert_single_per_s,
@@ -216,14 +207,25 @@ pub async fn real_single_insert(
     progress: &Progress,
 ) -> Result<f64, BenchError> {
     let mut scratch = Scratch::new(run_id)?;
-    let phase = progress.timed(insert_label(1), duration);
+    let single = real_inserts(store, &mut scratch, 1, duration, progress).await;
+    store.delete_room(&scratch.room).await?;
+    Ok(single?.0)
+}
+
+/// Times raw inserts of `batch` messages at a time into the scratch collection, for `duration`.
+async fn real_inserts(
+    store: &MongoStore,
+    scratch: &mut Scratch,
+    batch: usize,
+    duration: Duration,
+    progress: &Progress,
+) -> Result<(f64, Samples), BenchError> {
+    let phase = progress.timed(insert_label(batch), duration);
     let room = scratch.room.clone();
-    let run = insert_rate(store, &room, 1, duration, || scratch.stored_message()).await;
-    store.delete_room(&room).await?;
-    let run = run?;
+    let run = insert_rate(store, &room, batch, duration, || scratch.stored_message()).await?;
     let per_s = per_second(run.inserted, run.elapsed);
     phase.finish(&rate(per_s));
-    Ok(per_s)
+    Ok((per_s, Samples::from(run.op_times)))
 }
 
 fn insert_label(batch: usize) -> String {

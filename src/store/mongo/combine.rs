@@ -187,11 +187,7 @@ impl Writer {
             }
             let sizes: Vec<usize> = round.iter().map(|b| b.writes.len()).collect();
             let (outcome, error) = match self.alone {
-                false => {
-                    metrics::counter!(m::STORE_ROUNDS).increment(1);
-                    metrics::counter!(m::STORE_ROUND_BATCHES).increment(round.len() as u64);
-                    self.write(&round).await
-                }
+                false => self.write(&round).await,
                 true => (Round::Unsupported, String::new()),
             };
             if outcome == Round::Unsupported && !self.alone {
@@ -200,7 +196,14 @@ impl Writer {
                 );
                 self.alone = true;
             }
-            for (batch, settled) in round.into_iter().zip(settle(&sizes, &outcome)) {
+            let settled = settle(&sizes, &outcome);
+            if outcome != Round::Unsupported {
+                // Batches sent again in the next round are counted there.
+                let written = settled.iter().filter(|s| **s != Settled::Again).count();
+                metrics::counter!(m::STORE_ROUNDS).increment(1);
+                metrics::counter!(m::STORE_ROUND_BATCHES).increment(written as u64);
+            }
+            for (batch, settled) in round.into_iter().zip(settled) {
                 let answer = match settled {
                     Settled::Done(stop) => Ok(stop),
                     Settled::Failed => Err(StoreError::Unavailable(error.clone())),
