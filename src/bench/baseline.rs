@@ -12,7 +12,7 @@ use super::progress::Progress;
 use super::samples::Samples;
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
-use crate::broker::rmq::baseline::confirmed_publish_rate;
+use crate::broker::rmq::baseline::{confirmed_publish_rate, spread_publish_rate};
 use crate::model::{Alias, ChatMessage, MessageId, MessageProperties, MessageType, RoomName, now};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
@@ -210,6 +210,31 @@ pub async fn real_single_insert(
     let single = real_inserts(store, &mut scratch, 1, duration, progress).await;
     store.delete_room(&scratch.room).await?;
     Ok(single?.0)
+}
+
+/// The raw confirmed publish rate of RabbitMQ with the messages spread, one after the other, over
+/// `queues` new durable queues (declared, given one message each and deleted outside the
+/// timing, as the rooms' first sends are outside the timing of the sends to them): the broker's own cost
+/// of many rooms, beside which the service's is judged.
+pub async fn real_spread_publish(
+    amqp_url: &str,
+    run_id: &str,
+    queues: usize,
+    duration: Duration,
+    progress: &Progress,
+) -> Result<f64, BenchError> {
+    let body = Scratch::new(run_id)?.publish_body()?;
+    let names: Vec<String> = (0..queues)
+        .map(|i| format!("{run_id}-spread-{i}"))
+        .collect();
+    let phase = progress.timed(
+        format!("raw confirmed publish over {queues} queues, {PUBLISH_WINDOW} in flight"),
+        duration,
+    );
+    let run = spread_publish_rate(amqp_url, &names, &body, PUBLISH_WINDOW, duration).await?;
+    let per_s = per_second(run.confirmed, run.elapsed);
+    phase.finish(&rate(per_s));
+    Ok(per_s)
 }
 
 /// Times raw inserts of `batch` messages at a time into the scratch collection, for `duration`.

@@ -169,6 +169,25 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             }
             Data::Embedded(_) => None,
         };
+        // RabbitMQ's own confirmed publish rate over as many queues as the smallest and the
+        // largest room count: what the broker alone pays for many rooms.
+        let raw_spread = match &data {
+            Data::Real { amqp_url, .. } => {
+                let mut rates = [0.0; 2];
+                for (rate, queues) in rates.iter_mut().zip([counts[0], counts[2]]) {
+                    *rate = super::baseline::real_spread_publish(
+                        amqp_url,
+                        &run_id,
+                        queues,
+                        plan.baseline,
+                        &progress,
+                    )
+                    .await?;
+                }
+                Some(rates)
+            }
+            Data::Embedded(_) => None,
+        };
         let service = Service::start(&data).await?;
         let http = crate::client::http_builder()
             .pool_max_idle_per_host(CONCURRENCY)
@@ -194,7 +213,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             Data::Real { .. } => Some(two_instances(&data, &http, &all, &progress).await?),
             Data::Embedded(_) => None,
         };
-        Ok::<_, BenchError>((steps, ready, idle_kib, pair, raw_insert))
+        Ok::<_, BenchError>((steps, ready, idle_kib, pair, raw_insert, raw_spread))
     }
     .await;
     // Whatever happened, the run's queues, exchanges and database go.
@@ -240,7 +259,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         }
         phase.finish("done");
     }
-    let (steps, ready, idle_kib, pair, raw_insert) = measured?;
+    let (steps, ready, idle_kib, pair, raw_insert, raw_spread) = measured?;
     let mut problems: Vec<String> = cleanup_problem.into_iter().collect();
     for step in &steps {
         if step.errors.total() > 0 {
@@ -269,11 +288,23 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             match backend {
                 Backend::Real =>
                     "; then two instances started together on the same back ends, \
-                                  one send to every room through them in turn",
+                                  one send to every room through them in turn; before the \
+                                  service starts, RabbitMQ's raw confirmed publish over as many \
+                                  queues as the smallest and largest room count",
                 Backend::Embedded => "",
             }
         ),
-        rows: rows(&steps, ready, idle_kib, pair.as_ref(), raw_insert, counts),
+        rows: rows(
+            &steps,
+            ready,
+            idle_kib,
+            pair.as_ref(),
+            Raw {
+                insert: raw_insert,
+                spread: raw_spread,
+            },
+            counts,
+        ),
         problems,
     })
 }
@@ -487,15 +518,40 @@ async fn ready_within(http: &reqwest::Client, base: &str, limit: Duration) -> bo
     false
 }
 
+/// The real back ends' own rates, measured in the same run (none on the embedded ones).
+struct Raw {
+    /// The store's single-document inserts per second.
+    insert: Option<f64>,
+    /// RabbitMQ's confirmed publishes per second spread over as many queues as the smallest and
+    /// the largest room count.
+    spread: Option<[f64; 2]>,
+}
+
 fn rows(
     steps: &[Step],
     ready: Option<Duration>,
     idle_kib: u64,
     pair: Option<&Pair>,
-    raw_insert: Option<f64>,
+    raw: Raw,
     counts: [usize; 3],
 ) -> Vec<Row> {
     let mut rows = Vec::new();
+    if let Some([few, many]) = raw.spread {
+        rows.push(Row::new(
+            format!("raw broker: confirmed publishes over {} queues", counts[0]),
+            few,
+            Unit::PerSecond,
+        ));
+        // The broker's own per-publish cost at the largest count, beside the service's below.
+        rows.push(
+            Row::new(
+                format!("raw broker: confirmed publishes over {} queues", counts[2]),
+                many,
+                Unit::PerSecond,
+            )
+            .against(format!("{} queues", counts[0]), few),
+        );
+    }
     let first = steps.first().map(|s| s.acked_per_s);
     let first_p50 = steps.first().map(|s| s.stored.clone().percentile_ms(50.0));
     let largest = counts[2];
@@ -507,7 +563,7 @@ fn rows(
             Unit::PerSecond,
         );
         if n == largest {
-            created = match raw_insert {
+            created = match raw.insert {
                 Some(raw) => created
                     .against("raw single insert", raw)
                     .target(Target::ratio_at_least(CREATIONS_PER_RAW_INSERT)),

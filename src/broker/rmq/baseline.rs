@@ -36,6 +36,23 @@ pub async fn confirmed_publish_rate(
     window: usize,
     duration: Duration,
 ) -> Result<PublishRun, BrokerError> {
+    spread_publish_rate(url, &[queue.to_string()], body, window, duration).await
+}
+
+/// Like [`confirmed_publish_rate`] over several new durable queues, each message to the next
+/// queue in turn: what the broker itself does when the traffic is spread over many queues (every
+/// queue keeps its own index and syncs it for its own confirms). The queues are declared and
+/// deleted [`DECLARES_AT_ONCE`] at a time, and each given a first message, outside the timing.
+pub async fn spread_publish_rate(
+    url: &str,
+    queues: &[String],
+    body: &[u8],
+    window: usize,
+    duration: Duration,
+) -> Result<PublishRun, BrokerError> {
+    if queues.is_empty() {
+        return Err(BrokerError::Refused("no queue to publish to".into()));
+    }
     let properties = ConnectionProperties::default().with_connection_name("mess-chat-bench".into());
     let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
         .await
@@ -43,21 +60,50 @@ pub async fn confirmed_publish_rate(
         .map_err(unavailable)?;
     let run = async {
         let admin = connection.create_channel().await.map_err(unavailable)?;
-        admin
-            .queue_declare(queue.into(), durable(), FieldTable::default())
-            .await
-            .map_err(unavailable)?;
-        let publisher = connection.create_channel().await.map_err(unavailable)?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let measured = publish_for(&publisher, queue, body, window.max(1), duration).await;
-        let deleted = admin
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await;
+        let declared = each_queue(queues, |queue| {
+            let admin = admin.clone();
+            async move {
+                admin
+                    .queue_declare(queue.into(), durable(), FieldTable::default())
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await;
+        let measured = match declared {
+            Ok(()) => {
+                async {
+                    let publisher = connection.create_channel().await.map_err(unavailable)?;
+                    publisher
+                        .confirm_select(ConfirmSelectOptions::default())
+                        .await
+                        .map_err(unavailable)?;
+                    // A queue's first message costs far more than the next ones (RabbitMQ opens its
+                    // index files then): one each first, outside the timing, as the rooms' first
+                    // sends are outside the service's.
+                    if queues.len() > 1 {
+                        let warm = Until::Sent(queues.len() as u64);
+                        publish_for(&publisher, queues, body, window.max(1), warm).await?;
+                    }
+                    let timed = Until::Elapsed(duration);
+                    publish_for(&publisher, queues, body, window.max(1), timed).await
+                }
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let deleted = each_queue(queues, |queue| {
+            let admin = admin.clone();
+            async move {
+                admin
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await;
         let run = measured?;
-        deleted.map_err(unavailable)?;
+        deleted?;
         Ok(run)
     }
     .await;
@@ -65,12 +111,45 @@ pub async fn confirmed_publish_rate(
     run
 }
 
+/// Declares or deletes queues at once on one channel, at most this many in flight.
+const DECLARES_AT_ONCE: usize = 64;
+
+/// Runs `operation` on every queue, [`DECLARES_AT_ONCE`] at a time; the first error, once all
+/// have run.
+async fn each_queue<'a, F, Fut>(queues: &'a [String], operation: F) -> Result<(), BrokerError>
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = lapin::Result<()>>,
+{
+    let outcomes: Vec<lapin::Result<()>> = futures_util::stream::iter(queues)
+        .map(|queue| operation(queue.as_str()))
+        .buffer_unordered(DECLARES_AT_ONCE)
+        .collect()
+        .await;
+    outcomes
+        .into_iter()
+        .collect::<lapin::Result<Vec<()>>>()
+        .map(|_| ())
+        .map_err(unavailable)
+}
+
+/// When [`publish_for`] stops publishing.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Once this long has passed.
+    Elapsed(Duration),
+    /// Once this many messages were published.
+    Sent(u64),
+}
+
+/// Publishes to `queues` in turn until `until`, with up to `window` confirms in flight, and waits
+/// for the last confirms.
 async fn publish_for(
     channel: &Channel,
-    queue: &str,
+    queues: &[String],
     body: &[u8],
     window: usize,
-    duration: Duration,
+    until: Until,
 ) -> Result<PublishRun, BrokerError> {
     let options = BasicPublishOptions {
         mandatory: true,
@@ -82,19 +161,32 @@ async fn publish_for(
     let mut in_flight = FuturesUnordered::new();
     let mut confirmed = 0;
     let start = Instant::now();
-    while start.elapsed() < duration {
+    let mut next = queues.iter().cycle();
+    let mut sent = 0;
+    while match until {
+        Until::Elapsed(duration) => start.elapsed() < duration,
+        Until::Sent(count) => sent < count,
+    } {
         if in_flight.len() >= window {
-            settle(in_flight.next().await, queue)?;
+            settle(in_flight.next().await)?;
             confirmed += 1;
         }
+        let queue = next.next().expect("at least one queue");
         let confirm = channel
-            .basic_publish("".into(), queue.into(), options, body, properties.clone())
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                options,
+                body,
+                properties.clone(),
+            )
             .await
             .map_err(unavailable)?;
         in_flight.push(tokio::time::timeout(CONFIRM_TIMEOUT, confirm));
+        sent += 1;
     }
     while let Some(next) = in_flight.next().await {
-        settle(Some(next), queue)?;
+        settle(Some(next))?;
         confirmed += 1;
     }
     Ok(PublishRun {
@@ -105,7 +197,6 @@ async fn publish_for(
 
 fn settle(
     next: Option<Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>>,
-    queue: &str,
 ) -> Result<(), BrokerError> {
     let Some(next) = next else { return Ok(()) };
     let confirmation = next
@@ -113,7 +204,9 @@ fn settle(
         .map_err(unavailable)?;
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(queue.to_string())),
+        Confirmation::Ack(Some(returned)) => Err(BrokerError::Unroutable(
+            returned.delivery.routing_key.to_string(),
+        )),
         Confirmation::Nack(_) => Err(BrokerError::Nacked),
         Confirmation::NotRequested => Err(BrokerError::Refused("confirms are off".into())),
     }
