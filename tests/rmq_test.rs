@@ -712,3 +712,40 @@ async fn a_restart_declares_again_an_exchange_deleted_while_the_service_was_down
     .await;
     t.cleanup().await;
 }
+
+/// A quorum room deleted just as its consumer goes away is deleted. RabbitMQ 3.10 can answer the
+/// consumer's cancel twice when its quorum queue is being deleted, and lapin then closes the
+/// whole connection, the delete's too: the broker runs the delete again on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_rooms_deleted_as_their_consumers_go_away_are_deleted() {
+    let env = Env::new(Backend::Real);
+    let quorum = RabbitBroker::new(common::amqp_url()).with_queue_type(QueueType::Quorum);
+    let conn = observer().await;
+    let mut rooms = Vec::new();
+    let mut failed = Vec::new();
+    for _ in 0..ROUNDS_OF_DELETE_AS_CANCEL {
+        let r = room("qdel");
+        rooms.push((r.clone(), true));
+        quorum.declare_room(&r, true).await.unwrap();
+        quorum.publish(&r, b"in flight".to_vec()).await.unwrap();
+        let mut stream = quorum.consume(&r).await.unwrap();
+        // The message is delivered, not acked: the queue still holds it for this consumer.
+        let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a delivery in time");
+        assert!(matches!(delivery, Some(Ok(_))), "{delivery:?}");
+        drop(stream);
+        if let Err(e) = quorum.delete_room(&r, true).await {
+            failed.push(format!("{r}: {e}"));
+        }
+        if queue_ready_count(&conn, r.as_str()).await.is_some() {
+            failed.push(format!("{r}: its queue is still there"));
+        }
+    }
+    env.cleanup(&rooms, &[]).await;
+    assert!(failed.is_empty(), "deletes lost: {failed:?}");
+}
+
+/// Rooms [`quorum_rooms_deleted_as_their_consumers_go_away_are_deleted`] deletes, each racing its
+/// consumer's cancel.
+const ROUNDS_OF_DELETE_AS_CANCEL: usize = 20;

@@ -273,6 +273,25 @@ impl RabbitBroker {
             })
     }
 
+    /// Runs an idempotent operation (a delete) again, on a new connection, if the connection went
+    /// down under it. Deleting a quorum queue while a consumer of it is being cancelled makes
+    /// RabbitMQ 3.10 answer the cancel twice (`rabbit_quorum_queue:cancel` sends the cancel-ok
+    /// before the queue's exit turns into a second one), and lapin closes the whole connection
+    /// on the unexpected frame; the delete that caused it must not be lost to it.
+    async fn once_more_if_cut_off<F, Fut>(&self, operation: F) -> Result<(), BrokerError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), BrokerError>>,
+    {
+        match operation().await {
+            Err(BrokerError::Unavailable(e)) => {
+                tracing::debug!(error = %e, "the connection went down under a delete: once more");
+                operation().await
+            }
+            done => done,
+        }
+    }
+
     /// Publishes persistent messages on a confirm channel and waits for every confirm. With
     /// `mandatory`, a message the broker could not route to any queue is
     /// [`BrokerError::Unroutable`].
@@ -482,24 +501,29 @@ impl Broker for RabbitBroker {
     }
 
     async fn delete_room(&self, room: &RoomName, group_room: bool) -> Result<(), BrokerError> {
-        self.admin(room.as_str(), |ch| async move {
-            ch.queue_delete(room.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-            if group_room {
-                ch.exchange_delete(room.as_str().into(), ExchangeDeleteOptions::default())
+        self.once_more_if_cut_off(|| {
+            self.admin(room.as_str(), |ch| async move {
+                ch.queue_delete(room.as_str().into(), QueueDeleteOptions::default())
                     .await?;
-            }
-            Ok(())
+                if group_room {
+                    ch.exchange_delete(room.as_str().into(), ExchangeDeleteOptions::default())
+                        .await?;
+                }
+                Ok(())
+            })
         })
         .await
     }
 
     async fn delete_inbox(&self, alias: &Alias) -> Result<(), BrokerError> {
         let inbox = inbox_queue(alias);
-        self.admin(&inbox.clone(), |ch| async move {
-            ch.queue_delete(inbox.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map(|_| ())
+        let inbox = inbox.as_str();
+        self.once_more_if_cut_off(|| {
+            self.admin(inbox, |ch| async move {
+                ch.queue_delete(inbox.into(), QueueDeleteOptions::default())
+                    .await
+                    .map(|_| ())
+            })
         })
         .await
     }
