@@ -17,7 +17,7 @@ use crate::model::{Alias, ChatMessage, MessageId, MessageProperties, MessageType
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
-use crate::store::mongo::baseline::insert_rate;
+use crate::store::mongo::baseline::{insert_rate, spread_insert_rate};
 
 /// Confirms kept in flight by the raw publish loop on RabbitMQ.
 pub const PUBLISH_WINDOW: usize = 256;
@@ -76,10 +76,16 @@ impl Scratch {
 
     /// A new numbered message, as a room's consumer stores it.
     pub fn stored_message(&mut self) -> ChatMessage {
+        let room = self.room.clone();
+        self.stored_message_in(&room)
+    }
+
+    /// A new numbered message of `room`.
+    pub fn stored_message_in(&mut self, room: &RoomName) -> ChatMessage {
         self.next_sequence += 1;
-        // Unique in the scratch room, which is all a raw insert needs.
+        // Unique in its room, which is all a raw insert needs.
         let mut props = MessageProperties::new_sent(
-            self.room.clone(),
+            room.clone(),
             self.from.clone(),
             "bob".to_string(),
             MessageId(self.next_sequence),
@@ -233,6 +239,36 @@ pub async fn real_spread_publish(
     );
     let run = spread_publish_rate(amqp_url, &names, &body, PUBLISH_WINDOW, duration).await?;
     let per_s = per_second(run.confirmed, run.elapsed);
+    phase.finish(&rate(per_s));
+    Ok(per_s)
+}
+
+/// The store's raw single-document insert rate with the documents spread, one after the other,
+/// over the collections of `rooms` new rooms (each given its indexes and a first document outside
+/// the timing), in `store`'s database, which the caller drops afterwards: the store's own cost
+/// of many rooms.
+pub async fn real_spread_insert(
+    store: &MongoStore,
+    run_id: &str,
+    rooms: usize,
+    duration: Duration,
+    progress: &Progress,
+) -> Result<f64, BenchError> {
+    let mut scratch = Scratch::new(run_id)?;
+    let names: Vec<RoomName> = (0..rooms)
+        // Collections of this call's own: the numbering starts again with each scratch.
+        .map(|i| RoomName::new(format!("{run_id}-insert{rooms}-{i}")))
+        .collect::<Result<_, _>>()
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let phase = progress.timed(
+        format!("raw store insert over {rooms} collections, one at a time"),
+        duration,
+    );
+    let run = spread_insert_rate(store, &names, duration, |room| {
+        scratch.stored_message_in(room)
+    })
+    .await?;
+    let per_s = per_second(run.inserted, run.elapsed);
     phase.finish(&rate(per_s));
     Ok(per_s)
 }

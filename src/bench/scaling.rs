@@ -161,9 +161,30 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
                 ..
             } => {
                 let store = MongoStore::connect(mongo_url, &format!("{database}_raw")).await?;
-                let raw =
-                    super::baseline::real_single_insert(&store, &run_id, plan.baseline, &progress)
-                        .await;
+                let raw = async {
+                    let single = super::baseline::real_single_insert(
+                        &store,
+                        &run_id,
+                        plan.baseline,
+                        &progress,
+                    )
+                    .await?;
+                    // Its own cost of many rooms: single inserts spread over as many collections
+                    // as the smallest and the largest room count.
+                    let mut spread = [0.0; 2];
+                    for (rate, rooms) in spread.iter_mut().zip([counts[0], counts[2]]) {
+                        *rate = super::baseline::real_spread_insert(
+                            &store,
+                            &run_id,
+                            rooms,
+                            plan.baseline,
+                            &progress,
+                        )
+                        .await?;
+                    }
+                    Ok::<_, BenchError>((single, spread))
+                }
+                .await;
                 store.drop_database().await?;
                 Some(raw?)
             }
@@ -289,8 +310,10 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
                 Backend::Real =>
                     "; then two instances started together on the same back ends, \
                                   one send to every room through them in turn; before the \
-                                  service starts, RabbitMQ's raw confirmed publish over as many \
-                                  queues as the smallest and largest room count",
+                                  service starts, the store's raw single insert (alone, then \
+                                  spread over as many collections as the smallest and largest \
+                                  room count) and RabbitMQ's raw confirmed publish (spread over \
+                                  as many queues)",
                 Backend::Embedded => "",
             }
         ),
@@ -300,8 +323,9 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             idle_kib,
             pair.as_ref(),
             Raw {
-                insert: raw_insert,
-                spread: raw_spread,
+                insert: raw_insert.map(|(single, _)| single),
+                insert_spread: raw_insert.map(|(_, spread)| spread),
+                publish_spread: raw_spread,
             },
             counts,
         ),
@@ -522,9 +546,11 @@ async fn ready_within(http: &reqwest::Client, base: &str, limit: Duration) -> bo
 struct Raw {
     /// The store's single-document inserts per second.
     insert: Option<f64>,
+    /// The same spread over as many collections as the smallest and the largest room count.
+    insert_spread: Option<[f64; 2]>,
     /// RabbitMQ's confirmed publishes per second spread over as many queues as the smallest and
     /// the largest room count.
-    spread: Option<[f64; 2]>,
+    publish_spread: Option<[f64; 2]>,
 }
 
 fn rows(
@@ -536,21 +562,35 @@ fn rows(
     counts: [usize; 3],
 ) -> Vec<Row> {
     let mut rows = Vec::new();
-    if let Some([few, many]) = raw.spread {
-        rows.push(Row::new(
-            format!("raw broker: confirmed publishes over {} queues", counts[0]),
-            few,
-            Unit::PerSecond,
-        ));
-        // The broker's own per-publish cost at the largest count, beside the service's below.
-        rows.push(
-            Row::new(
-                format!("raw broker: confirmed publishes over {} queues", counts[2]),
-                many,
+    // Each back end's own cost per message at the largest count, beside the service's below.
+    let spreads = [
+        (
+            "raw broker: confirmed publishes",
+            "queues",
+            raw.publish_spread,
+        ),
+        (
+            "raw store: single inserts",
+            "collections",
+            raw.insert_spread,
+        ),
+    ];
+    for (what, over, spread) in spreads {
+        if let Some([few, many]) = spread {
+            rows.push(Row::new(
+                format!("{what} over {} {over}", counts[0]),
+                few,
                 Unit::PerSecond,
-            )
-            .against(format!("{} queues", counts[0]), few),
-        );
+            ));
+            rows.push(
+                Row::new(
+                    format!("{what} over {} {over}", counts[2]),
+                    many,
+                    Unit::PerSecond,
+                )
+                .against(format!("{} {over}", counts[0]), few),
+            );
+        }
     }
     let first = steps.first().map(|s| s.acked_per_s);
     let first_p50 = steps.first().map(|s| s.stored.clone().percentile_ms(50.0));

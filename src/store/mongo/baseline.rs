@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::Document;
 
 use super::{MongoStore, message_to_doc};
@@ -54,6 +55,55 @@ where
             op_times.push(op.elapsed());
             inserted += batch as u64;
         }
+    }
+    Ok(InsertRun {
+        inserted,
+        elapsed: start.elapsed(),
+        op_times,
+    })
+}
+
+/// Rooms made ready (indexes, first document) at once before a spread run.
+const ROOMS_AT_ONCE: usize = 16;
+
+/// Inserts messages made by `next` one at a time, awaited, into the collections of `rooms` in
+/// turn, for about `duration`: the server's own cost of many rooms. Every room first gets its
+/// indexes and one document, outside the timing (a collection's first insert creates it, as a
+/// room's first send is outside the service's timing). The caller drops the rooms afterwards.
+pub async fn spread_insert_rate<F>(
+    store: &MongoStore,
+    rooms: &[RoomName],
+    duration: Duration,
+    mut next: F,
+) -> Result<InsertRun, StoreError>
+where
+    F: FnMut(&RoomName) -> ChatMessage,
+{
+    let firsts: Vec<(&RoomName, Document)> = rooms
+        .iter()
+        .map(|room| (room, message_to_doc(&next(room))))
+        .collect();
+    futures_util::stream::iter(firsts)
+        .map(|(room, document)| async move {
+            store.ensure_indexes(room).await?;
+            store.room(room).insert_one(document).await?;
+            Ok::<_, StoreError>(())
+        })
+        .buffer_unordered(ROOMS_AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let mut op_times = Vec::new();
+    let mut inserted = 0;
+    let start = Instant::now();
+    for room in rooms.iter().cycle() {
+        if start.elapsed() >= duration {
+            break;
+        }
+        let document = message_to_doc(&next(room));
+        let op = Instant::now();
+        store.room(room).insert_one(document).await?;
+        op_times.push(op.elapsed());
+        inserted += 1;
     }
     Ok(InsertRun {
         inserted,
