@@ -196,7 +196,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             Data::Real { amqp_url, .. } => {
                 let mut rates = [0.0; 2];
                 for (rate, queues) in rates.iter_mut().zip([counts[0], counts[2]]) {
-                    *rate = super::baseline::real_spread_publish(
+                    *rate = super::baseline::real_publish(
                         amqp_url,
                         &run_id,
                         queues,

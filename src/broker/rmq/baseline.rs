@@ -26,24 +26,14 @@ fn unavailable(e: lapin::Error) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
-/// Publishes `body` to a new durable queue `queue` (through the default exchange) for about
-/// `duration`, keeping up to `window` confirms in flight, then deletes the queue and closes the
-/// connection, whether or not the run succeeded.
+/// Publishes `body` to new durable queues (through the default exchange), each message to the
+/// next queue in turn, for about `duration`, keeping up to `window` confirms in flight, then
+/// deletes the queues and closes the connection, whether or not the run succeeded. Over many
+/// queues it tells what the broker itself pays when the traffic is spread (every queue keeps its
+/// own index and syncs it for its own confirms). The queues are declared and deleted
+/// [`DECLARES_AT_ONCE`] at a time and, when there are several, each given a first message, all
+/// outside the timing.
 pub async fn confirmed_publish_rate(
-    url: &str,
-    queue: &str,
-    body: &[u8],
-    window: usize,
-    duration: Duration,
-) -> Result<PublishRun, BrokerError> {
-    spread_publish_rate(url, &[queue.to_string()], body, window, duration).await
-}
-
-/// Like [`confirmed_publish_rate`] over several new durable queues, each message to the next
-/// queue in turn: what the broker itself does when the traffic is spread over many queues (every
-/// queue keeps its own index and syncs it for its own confirms). The queues are declared and
-/// deleted [`DECLARES_AT_ONCE`] at a time, and each given a first message, outside the timing.
-pub async fn spread_publish_rate(
     url: &str,
     queues: &[String],
     body: &[u8],

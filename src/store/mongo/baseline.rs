@@ -37,24 +37,19 @@ where
     F: FnMut() -> ChatMessage,
 {
     store.ensure_indexes(scratch).await?;
+    if batch <= 1 {
+        return single_inserts(store, std::slice::from_ref(scratch), duration, |_| next()).await;
+    }
     let collection = store.room(scratch);
     let mut op_times = Vec::new();
     let mut inserted = 0;
     let start = Instant::now();
     while start.elapsed() < duration {
-        if batch <= 1 {
-            let document = message_to_doc(&next());
-            let op = Instant::now();
-            collection.insert_one(document).await?;
-            op_times.push(op.elapsed());
-            inserted += 1;
-        } else {
-            let documents: Vec<Document> = (0..batch).map(|_| message_to_doc(&next())).collect();
-            let op = Instant::now();
-            collection.insert_many(documents).ordered(true).await?;
-            op_times.push(op.elapsed());
-            inserted += batch as u64;
-        }
+        let documents: Vec<Document> = (0..batch).map(|_| message_to_doc(&next())).collect();
+        let op = Instant::now();
+        collection.insert_many(documents).ordered(true).await?;
+        op_times.push(op.elapsed());
+        inserted += batch as u64;
     }
     Ok(InsertRun {
         inserted,
@@ -92,6 +87,20 @@ where
         .buffer_unordered(ROOMS_AT_ONCE)
         .try_collect::<Vec<()>>()
         .await?;
+    single_inserts(store, rooms, duration, next).await
+}
+
+/// `insert_one` calls, each awaited, into the collections of `rooms` in turn, for about
+/// `duration`.
+async fn single_inserts<F>(
+    store: &MongoStore,
+    rooms: &[RoomName],
+    duration: Duration,
+    mut next: F,
+) -> Result<InsertRun, StoreError>
+where
+    F: FnMut(&RoomName) -> ChatMessage,
+{
     let mut op_times = Vec::new();
     let mut inserted = 0;
     let start = Instant::now();
