@@ -24,6 +24,7 @@
 pub mod backend;
 pub mod baseline;
 pub mod child;
+pub mod cpu;
 pub mod ends;
 pub mod fanout;
 pub mod instances;

@@ -53,6 +53,8 @@ pub enum Unit {
     PerSecond,
     /// Milliseconds.
     Millis,
+    /// Microseconds.
+    Micros,
     /// Mebibytes.
     Mib,
     /// Kibibytes.

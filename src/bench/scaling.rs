@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::process::{Child, Command};
 
+use super::cpu::Cpu;
 use super::plan::{Backend, Plan};
 use super::progress::Progress;
 use super::report::{BackendReport, Row, Target, Unit};
@@ -43,12 +44,20 @@ const ROOMS_PER_OWNER: usize = 100;
 /// ~1,000/s.
 const CREATIONS_PER_RAW_INSERT: f64 = 200.0 / 2_400.0;
 
+/// The processes whose CPU time each closed-loop run reads, as [`PROCESSES`] names them.
+type Meters = [Option<Cpu>; 3];
+/// What [`Meters`] reads: the service child, and the real back ends' own processes (on the
+/// embedded back ends, the service is all three).
+const PROCESSES: [&str; 3] = ["service", "broker", "store"];
+
 /// What one room count measured.
 struct Step {
     rooms: usize,
     /// Creations per second of the rooms added at this step.
     created_per_s: f64,
     acked_per_s: f64,
+    /// CPU microseconds each of [`PROCESSES`] used per acked send of the closed-loop run.
+    cpu_per_send: [Option<f64>; 3],
     stored: Samples,
     rss_kib: u64,
     errors: Errors,
@@ -100,6 +109,19 @@ impl Service {
         }
         let (child, base) = child::serve(command, "scaling", Duration::from_secs(60)).await?;
         Ok(Self { child, base })
+    }
+
+    /// The processes to read CPU time from: this service, and the back ends of `data`.
+    fn meters(&self, data: &Data) -> Meters {
+        let service = self.child.id().and_then(Cpu::of);
+        match data {
+            Data::Embedded(_) => [service, None, None],
+            Data::Real {
+                amqp_url,
+                mongo_url,
+                ..
+            } => [service, Cpu::broker(amqp_url), Cpu::store(mongo_url)],
+        }
     }
 
     fn rss_kib(&self) -> u64 {
@@ -213,10 +235,20 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         let http = crate::client::http_builder()
             .pool_max_idle_per_host(CONCURRENCY)
             .build()?;
+        let meters = service.meters(&data);
         let mut steps = Vec::new();
         let mut made = 0;
         for rooms in counts {
-            let step = measure(&service, &http, &all[..rooms], made, plan, &progress).await;
+            let step = measure(
+                &service,
+                &meters,
+                &http,
+                &all[..rooms],
+                made,
+                plan,
+                &progress,
+            )
+            .await;
             made = rooms;
             steps.push(step);
         }
@@ -336,6 +368,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
 /// Grows the rooms to `rooms.len()` (those from `made` on are new) and measures the load.
 async fn measure(
     service: &Service,
+    meters: &Meters,
     http: &reqwest::Client,
     rooms: &[(RoomName, Alias)],
     made: usize,
@@ -376,6 +409,7 @@ async fn measure(
 
     // Closed loop: CONCURRENCY workers, each sending to the next room in turn.
     let phase = progress.timed(format!("acked sends over {n} rooms"), plan.closed);
+    let cpu_before = meters.map(|m| m.and_then(|cpu| cpu.seconds()));
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..CONCURRENCY {
@@ -399,6 +433,14 @@ async fn measure(
         errors.merge(failed);
     }
     let acked_per_s = acked as f64 / started.elapsed().as_secs_f64();
+    let mut cpu_per_send = [None; 3];
+    for ((per_send, meter), before) in cpu_per_send.iter_mut().zip(meters).zip(cpu_before) {
+        if let (Some(after), Some(before)) = (meter.and_then(|cpu| cpu.seconds()), before)
+            && acked > 0
+        {
+            *per_send = Some((after - before) / acked as f64 * 1e6);
+        }
+    }
     phase.finish(&format!("{acked_per_s:.0}/s"));
 
     // Open loop at RATE, from each send's scheduled time.
@@ -429,6 +471,7 @@ async fn measure(
         rooms: n,
         created_per_s,
         acked_per_s,
+        cpu_per_send,
         stored,
         rss_kib: service.rss_kib(),
         errors,
@@ -553,6 +596,51 @@ struct Raw {
     publish_spread: Option<[f64; 2]>,
 }
 
+/// Who paid what for a send of the closed-loop run at `step`: the CPU time of each process per
+/// acked send, and of all of them together where the back ends were read too, each beside the
+/// smallest count's. The service's own cost at the largest count is held to within 1.3x.
+fn cpu_rows(step: &Step, first: Option<&Step>, largest: usize) -> Vec<Row> {
+    let n = step.rooms;
+    let total = |s: &Step| -> Option<f64> {
+        let read: Option<Vec<f64>> = s.cpu_per_send.iter().copied().collect();
+        read.map(|all| all.iter().sum())
+    };
+    let figures = PROCESSES
+        .iter()
+        .zip(0..)
+        .map(|(who, i)| {
+            (
+                *who,
+                step.cpu_per_send[i],
+                first.and_then(|f| f.cpu_per_send[i]),
+            )
+        })
+        .chain(std::iter::once((
+            "all three",
+            total(step),
+            first.and_then(total),
+        )));
+    let mut rows = Vec::new();
+    for (who, value, base) in figures {
+        let Some(value) = value else { continue };
+        let mut row = Row::new(
+            format!("CPU per acked send over {n} rooms: {who}"),
+            value,
+            Unit::Micros,
+        );
+        if let (Some(base), Some(first)) = (base, first)
+            && first.rooms != n
+        {
+            row = row.against(format!("{} rooms", first.rooms), base);
+            if n == largest && who == PROCESSES[0] {
+                row = row.target(Target::ratio_below(1.3));
+            }
+        }
+        rows.push(row);
+    }
+    rows
+}
+
 fn rows(
     steps: &[Step],
     ready: Option<Duration>,
@@ -626,6 +714,7 @@ fn rows(
             }
         }
         rows.push(acked);
+        rows.extend(cpu_rows(step, steps.first(), largest));
         let mut stored = step.stored.clone();
         let mut p50 = Row::new(
             format!("send→stored p50 at {RATE}/s over {n} rooms"),

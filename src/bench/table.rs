@@ -12,6 +12,7 @@ pub fn describe_target(target: &Target, unit: Unit) -> String {
         Measure::Value => match unit {
             Unit::PerSecond => format!("{bound} {}/s", thousands(target.limit.round() as u64)),
             Unit::Millis => format!("{bound} {} ms", trim_float(target.limit)),
+            Unit::Micros => format!("{bound} {} µs", trim_float(target.limit)),
             Unit::Mib => format!("{bound} {} MiB", trim_float(target.limit)),
             Unit::Kib => format!("{bound} {} KiB", trim_float(target.limit)),
             Unit::Rooms => format!("{bound} {} rooms", thousands(target.limit.round() as u64)),
@@ -49,6 +50,7 @@ pub fn format_value(value: Option<f64>, unit: Unit) -> String {
         Unit::Millis if v < 10.0 => format!("{v:.2} ms"),
         Unit::Millis if v < 100.0 => format!("{v:.1} ms"),
         Unit::Millis => format!("{} ms", thousands(v.round() as u64)),
+        Unit::Micros => format!("{} µs", thousands(v.round() as u64)),
         Unit::Mib => format!("{v:.1} MiB"),
         Unit::Kib => format!("{v:.1} KiB"),
         Unit::Rooms => format!("{} rooms", thousands(v.round() as u64)),
