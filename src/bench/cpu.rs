@@ -6,7 +6,6 @@
 //! without the right to read its descriptors) is simply not reported.
 
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use procfs::process::{FDTarget, Process};
 
@@ -53,26 +52,17 @@ impl Cpu {
 
     /// The process serving the first node of an AMQP URL list, when that node is on loopback.
     pub fn broker(amqp_urls: &str) -> Option<Self> {
-        let first = crate::broker::rmq::node_urls(amqp_urls)
-            .into_iter()
-            .next()?;
-        let uri = lapin::uri::AMQPUri::from_str(&first).ok()?;
-        loopback(&uri.authority.host).then(|| Self::listening_on(uri.authority.port))?
+        Self::serving(crate::broker::rmq::first_node_address(amqp_urls)?)
     }
 
     /// The process serving the first host of a MongoDB URL, when that host is on loopback.
     pub fn store(mongo_url: &str) -> Option<Self> {
-        use mongodb::options::{ConnectionString, HostInfo, ServerAddress};
-        let HostInfo::HostIdentifiers(hosts) = ConnectionString::parse(mongo_url).ok()?.host_info
-        else {
-            return None;
-        };
-        match hosts.first()? {
-            ServerAddress::Tcp { host, port } if loopback(host) => {
-                Self::listening_on(port.unwrap_or(27017))
-            }
-            _ => None,
-        }
+        Self::serving(crate::store::mongo::first_server_address(mongo_url)?)
+    }
+
+    /// The process listening at `(host, port)`, when the host is on loopback.
+    fn serving((host, port): (String, u16)) -> Option<Self> {
+        loopback(&host).then(|| Self::listening_on(port))?
     }
 
     /// CPU seconds (user and system, every thread) the process has used so far; `None` once it

@@ -781,6 +781,14 @@ where
     Err(BrokerError::Unavailable(failures.join("; ")))
 }
 
+/// The host and port of the first node of `urls` (a comma-separated list, as
+/// [`node_urls`] splits it).
+pub fn first_node_address(urls: &str) -> Option<(String, u16)> {
+    let first = node_urls(urls).into_iter().next()?;
+    let uri = first.parse::<lapin::uri::AMQPUri>().ok()?;
+    Some((uri.authority.host, uri.authority.port))
+}
+
 /// The node URLs in `urls`: one AMQP URL, or several separated by commas (a comma inside a
 /// password is written `%2C`), blanks around each ignored.
 pub fn node_urls(urls: &str) -> Vec<String> {
@@ -802,6 +810,20 @@ mod tests {
             ["amqp://a:5672/%2f", "amqp://u:p%2Cw@b:5673/%2f"]
         );
         assert_eq!(node_urls("amqp://a/%2f"), ["amqp://a/%2f"]);
+    }
+
+    #[test]
+    fn the_first_nodes_address_is_read_with_amqps_default_port() {
+        let address = |urls| first_node_address(urls);
+        assert_eq!(
+            address("amqp://g:g@127.0.0.1:5673/%2f,amqp://b:5674/%2f"),
+            Some(("127.0.0.1".to_string(), 5673))
+        );
+        assert_eq!(
+            address("amqp://localhost"),
+            Some(("localhost".to_string(), 5672))
+        );
+        assert_eq!(address(""), None);
     }
 
     #[test]

@@ -121,6 +121,20 @@ pub fn validate_database_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The host and port of the first server a MongoDB URL names (none for a `mongodb+srv` URL,
+/// whose servers only DNS knows).
+pub fn first_server_address(url: &str) -> Option<(String, u16)> {
+    use mongodb::options::{ConnectionString, HostInfo, ServerAddress};
+    let HostInfo::HostIdentifiers(hosts) = ConnectionString::parse(url).ok()?.host_info else {
+        return None;
+    };
+    match hosts.into_iter().next()? {
+        ServerAddress::Tcp { host, port } => Some((host, port.unwrap_or(27017))),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
 impl MongoStore {
     /// Connects lazily to `url` and uses database `db_name`. Fails only on a malformed URL or name.
     pub async fn connect(url: &str, db_name: &str) -> Result<Self, StoreError> {
@@ -1036,5 +1050,23 @@ impl Store for MongoStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.run_command(doc! { "ping": 1 }).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::first_server_address;
+
+    #[test]
+    fn the_first_servers_address_is_read_with_mongodbs_default_port() {
+        assert_eq!(
+            first_server_address("mongodb://127.0.0.1:27018,b/?retryWrites=false"),
+            Some(("127.0.0.1".to_string(), 27018))
+        );
+        assert_eq!(
+            first_server_address("mongodb://localhost/"),
+            Some(("localhost".to_string(), 27017))
+        );
+        assert_eq!(first_server_address("not a url"), None);
     }
 }
