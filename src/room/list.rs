@@ -3,7 +3,7 @@
 //! writes so that instances never overwrite each other. `persist` and `restore` handle the list's
 //! own metadata, then every room's.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
@@ -26,8 +26,10 @@ pub struct RoomList {
 }
 
 struct ListState {
-    /// The rooms loaded in this instance.
-    rooms: BTreeMap<RoomName, ChatRoom>,
+    /// The rooms loaded in this instance. A hash map: every send looks its room up, and over
+    /// 10,000 rooms with a shared prefix a tree's dozen or so name comparisons showed in the
+    /// profile; the few callers that want name order sort.
+    rooms: HashMap<RoomName, ChatRoom>,
     create_time: DateTime<Utc>,
     modify_time: DateTime<Utc>,
 }
@@ -47,7 +49,7 @@ impl RoomList {
             store,
             capacity,
             state: Mutex::new(ListState {
-                rooms: BTreeMap::new(),
+                rooms: HashMap::new(),
                 create_time: created,
                 modify_time: created,
             }),
@@ -102,6 +104,13 @@ impl RoomList {
 
     /// Every loaded room, in name order.
     pub fn rooms(&self) -> Vec<ChatRoom> {
+        let mut rooms = self.loaded();
+        rooms.sort_unstable_by(|a, b| a.name().cmp(b.name()));
+        rooms
+    }
+
+    /// Every loaded room, in no order.
+    fn loaded(&self) -> Vec<ChatRoom> {
         self.state().rooms.values().cloned().collect()
     }
 
@@ -110,7 +119,7 @@ impl RoomList {
     /// check has room to spare). Returns how many messages the caches hold after.
     pub fn trim_caches(&self, budget: usize) -> usize {
         let mut rooms: Vec<(u64, usize, ChatRoom)> = self
-            .rooms()
+            .loaded()
             .into_iter()
             .map(|room| (room.touched(), room.len(), room))
             .collect();
@@ -134,7 +143,11 @@ impl RoomList {
         let state = self.state();
         RoomListMeta {
             name: self.name.clone(),
-            rooms: state.rooms.keys().cloned().collect(),
+            rooms: {
+                let mut names: Vec<RoomName> = state.rooms.keys().cloned().collect();
+                names.sort_unstable();
+                names
+            },
             create_time: state.create_time,
             modify_time: state.modify_time,
         }
