@@ -254,6 +254,28 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             made = rooms;
             steps.push(step);
         }
+        // The smallest count once more, now that the largest exists: the same few rooms busy,
+        // in a deployment (and a store) grown to the largest count. Beside the first figure it
+        // tells what spreading the load over many rooms costs from what a grown deployment does.
+        let phase = progress.timed(
+            format!("acked sends over {} rooms again", counts[0]),
+            plan.closed * ROUNDS as u32,
+        );
+        let sender = Sender {
+            http: &http,
+            base: &service.base,
+        };
+        let mut again_errors = Errors::default();
+        let again = closed_rounds(
+            &sender,
+            &all[..counts[0]],
+            &meters,
+            plan.closed,
+            &mut again_errors,
+        )
+        .await;
+        phase.finish(&again.summary());
+        let again = (again, again_errors);
         let phase = progress.counted("restart and wait for /readyz".to_string(), 1);
         service.stop().await;
         let restarted = Instant::now();
@@ -268,7 +290,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             Data::Real { .. } => Some(two_instances(&data, &http, &all, &progress).await?),
             Data::Embedded(_) => None,
         };
-        Ok::<_, BenchError>((steps, ready, idle_kib, pair, raw_insert, raw_spread))
+        Ok::<_, BenchError>((steps, again, ready, idle_kib, pair, raw_insert, raw_spread))
     }
     .await;
     // Whatever happened, the run's queues, exchanges and database go.
@@ -314,12 +336,19 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         }
         phase.finish("done");
     }
-    let (steps, ready, idle_kib, pair, raw_insert, raw_spread) = measured?;
+    let (steps, (again, again_errors), ready, idle_kib, pair, raw_insert, raw_spread) = measured?;
     let mut problems: Vec<String> = cleanup_problem.into_iter().collect();
     for step in &steps {
         if step.errors.total() > 0 {
             problems.push(format!("{} rooms: {}", step.rooms, step.errors.summary()));
         }
+    }
+    if again_errors.total() > 0 {
+        problems.push(format!(
+            "{} rooms again: {}",
+            counts[0],
+            again_errors.summary()
+        ));
     }
     if let Some(pair) = pair.as_ref().filter(|p| p.errors.total() > 0) {
         problems.push(format!("two instances: {}", pair.errors.summary()));
@@ -353,6 +382,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         ),
         rows: rows(
             &steps,
+            &again,
             ready,
             idle_kib,
             pair.as_ref(),
@@ -379,21 +409,11 @@ async fn measure(
 ) -> Step {
     let mut errors = Errors::default();
     let n = rooms.len();
-    let send = |(room, owner): &(RoomName, Alias), text: String| {
-        let url = format!(
-            "{}/send/?room_name={room}&from_alias={owner}&message={text}",
-            service.base
-        );
-        let http = http.clone();
-        async move {
-            let started = Instant::now();
-            match http.get(url).send().await {
-                Ok(r) if r.status() == 200 => Ok(started.elapsed()),
-                Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-                Err(e) => Err(format!("request failed: {e}")),
-            }
-        }
+    let sender = Sender {
+        http,
+        base: &service.base,
     };
+    let send = |room, text| sender.send(room, text);
     let phase = progress.counted(format!("create rooms {}..{n}", made + 1), (n - made) as u64);
     let started = Instant::now();
     let mut creating = futures_util::stream::iter(&rooms[made..])
@@ -409,20 +429,17 @@ async fn measure(
     let created_per_s = (n - made) as f64 / started.elapsed().as_secs_f64();
     phase.finish(&format!("{created_per_s:.0} rooms/s"));
 
-    // Closed loop, ROUNDS times: the median round is reported, so that one round disturbed by
-    // the shared machine does not decide a step.
     let phase = progress.timed(
         format!("acked sends over {n} rooms"),
         plan.closed * ROUNDS as u32,
     );
-    let mut rounds = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        rounds.push(closed_round(&send, rooms, meters, plan.closed, &mut errors).await);
-    }
-    let acked_per_s = median(rounds.iter().map(|r| Some(r.0))).unwrap_or(0.0);
-    let cpu_per_send: [Option<f64>; 3] =
-        std::array::from_fn(|p| median(rounds.iter().map(|r| r.1[p])));
-    phase.finish(&format!("{acked_per_s:.0}/s"));
+    let closed = closed_rounds(&sender, rooms, meters, plan.closed, &mut errors).await;
+    phase.finish(&closed.summary());
+    let Closed {
+        acked_per_s,
+        cpu_per_send,
+        ..
+    } = closed;
 
     // Open loop at RATE, from each send's scheduled time.
     let phase = progress.timed(format!("{RATE}/s over {n} rooms"), plan.open);
@@ -459,20 +476,80 @@ async fn measure(
     }
 }
 
-/// One closed-loop round of `length`: [`CONCURRENCY`] workers, each sending to the next room in
-/// turn. Returns the sends acked per second and the CPU microseconds each of [`PROCESSES`] used
-/// per acked send.
-async fn closed_round<F, Fut>(
-    send: &F,
+/// Sends through the seed's `/send/`, as each room's owner.
+struct Sender<'a> {
+    http: &'a reqwest::Client,
+    base: &'a str,
+}
+
+impl Sender<'_> {
+    /// Sends `text` to `room` as `owner`; how long the answer took, if it was 200 (stored).
+    async fn send(
+        &self,
+        (room, owner): &(RoomName, Alias),
+        text: String,
+    ) -> Result<Duration, String> {
+        let url = format!(
+            "{}/send/?room_name={room}&from_alias={owner}&message={text}",
+            self.base
+        );
+        let started = Instant::now();
+        match self.http.get(url).send().await {
+            Ok(r) if r.status() == 200 => Ok(started.elapsed()),
+            Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+            Err(e) => Err(format!("request failed: {e}")),
+        }
+    }
+}
+
+/// What [`ROUNDS`] closed-loop rounds measured: the median round's figures.
+struct Closed {
+    acked_per_s: f64,
+    /// CPU microseconds each of [`PROCESSES`] used per acked send.
+    cpu_per_send: [Option<f64>; 3],
+    /// Each round's acked sends per second, in order.
+    rounds: Vec<f64>,
+}
+
+impl Closed {
+    /// For the progress line: the median and every round.
+    fn summary(&self) -> String {
+        let each: Vec<String> = self.rounds.iter().map(|r| format!("{r:.0}")).collect();
+        format!("{:.0}/s (median of {})", self.acked_per_s, each.join(", "))
+    }
+}
+
+/// Runs the closed loop [`ROUNDS`] times over `rooms`, each round `length` long, and keeps the
+/// median round (acked rate and CPU per send, each its own median), so that one round disturbed
+/// by the shared machine does not decide a step.
+async fn closed_rounds(
+    sender: &Sender<'_>,
     rooms: &[(RoomName, Alias)],
     meters: &Meters,
     length: Duration,
     errors: &mut Errors,
-) -> (f64, [Option<f64>; 3])
-where
-    F: Fn(&(RoomName, Alias), String) -> Fut,
-    Fut: std::future::Future<Output = Result<Duration, String>>,
-{
+) -> Closed {
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        rounds.push(closed_round(sender, rooms, meters, length, errors).await);
+    }
+    Closed {
+        acked_per_s: median(rounds.iter().map(|r| Some(r.0))).unwrap_or(0.0),
+        cpu_per_send: std::array::from_fn(|p| median(rounds.iter().map(|r| r.1[p]))),
+        rounds: rounds.iter().map(|r| r.0).collect(),
+    }
+}
+
+/// One closed-loop round of `length`: [`CONCURRENCY`] workers, each sending to the next room in
+/// turn. Returns the sends acked per second and the CPU microseconds each of [`PROCESSES`] used
+/// per acked send.
+async fn closed_round(
+    sender: &Sender<'_>,
+    rooms: &[(RoomName, Alias)],
+    meters: &Meters,
+    length: Duration,
+    errors: &mut Errors,
+) -> (f64, [Option<f64>; 3]) {
     let n = rooms.len();
     let cpu_before = meters.map(|m| m.and_then(|cpu| cpu.seconds()));
     let started = Instant::now();
@@ -480,7 +557,7 @@ where
         let (mut acked, mut failed) = (0u64, Errors::default());
         let mut i = w;
         while started.elapsed() < length {
-            match send(&rooms[i % n], format!("closed-{i}")).await {
+            match sender.send(&rooms[i % n], format!("closed-{i}")).await {
                 Ok(_) => acked += 1,
                 Err(e) => failed.record(e),
             }
@@ -630,43 +707,38 @@ struct Raw {
     publish_spread: Option<[f64; 2]>,
 }
 
-/// Who paid what for a send of the closed-loop run at `step`: the CPU time of each process per
-/// acked send, and of all of them together where the back ends were read too, each beside the
-/// smallest count's. The service's own cost at the largest count is held to within 1.3x.
-fn cpu_rows(step: &Step, first: Option<&Step>, largest: usize) -> Vec<Row> {
-    let n = step.rooms;
-    let total = |s: &Step| -> Option<f64> {
-        let read: Option<Vec<f64>> = s.cpu_per_send.iter().copied().collect();
+/// The CPU rows of one closed-loop measurement (`over`: "over 10 rooms"), each process's beside
+/// `base`'s (the smallest count's, named) when given; `judged` holds the service's to 1.3x.
+fn cpu_rows(
+    over: &str,
+    cpu: &[Option<f64>; 3],
+    base: Option<(&str, &[Option<f64>; 3])>,
+    judged: bool,
+) -> Vec<Row> {
+    let total = |cpu: &[Option<f64>; 3]| -> Option<f64> {
+        let read: Option<Vec<f64>> = cpu.iter().copied().collect();
         read.map(|all| all.iter().sum())
     };
     let figures = PROCESSES
         .iter()
         .zip(0..)
-        .map(|(who, i)| {
-            (
-                *who,
-                step.cpu_per_send[i],
-                first.and_then(|f| f.cpu_per_send[i]),
-            )
-        })
+        .map(|(who, i)| (*who, cpu[i], base.and_then(|(_, b)| b[i])))
         .chain(std::iter::once((
             "all three",
-            total(step),
-            first.and_then(total),
+            total(cpu),
+            base.and_then(|(_, b)| total(b)),
         )));
     let mut rows = Vec::new();
-    for (who, value, base) in figures {
+    for (who, value, base_value) in figures {
         let Some(value) = value else { continue };
         let mut row = Row::new(
-            format!("CPU per acked send over {n} rooms: {who}"),
+            format!("CPU per acked send {over}: {who}"),
             value,
             Unit::Micros,
         );
-        if let (Some(base), Some(first)) = (base, first)
-            && first.rooms != n
-        {
-            row = row.against(format!("{} rooms", first.rooms), base);
-            if n == largest && who == PROCESSES[0] {
+        if let (Some(base_value), Some((name, _))) = (base_value, base) {
+            row = row.against(name, base_value);
+            if judged && who == PROCESSES[0] {
                 row = row.target(Target::ratio_below(1.3));
             }
         }
@@ -677,6 +749,7 @@ fn cpu_rows(step: &Step, first: Option<&Step>, largest: usize) -> Vec<Row> {
 
 fn rows(
     steps: &[Step],
+    again: &Closed,
     ready: Option<Duration>,
     idle_kib: u64,
     pair: Option<&Pair>,
@@ -748,7 +821,17 @@ fn rows(
             }
         }
         rows.push(acked);
-        rows.extend(cpu_rows(step, steps.first(), largest));
+        let first_name = format!("{} rooms", counts[0]);
+        let base = steps
+            .first()
+            .filter(|_| n != counts[0])
+            .map(|f| (first_name.as_str(), &f.cpu_per_send));
+        rows.extend(cpu_rows(
+            &format!("over {n} rooms"),
+            &step.cpu_per_send,
+            base,
+            n == largest,
+        ));
         let mut stored = step.stored.clone();
         let mut p50 = Row::new(
             format!("send→stored p50 at {RATE}/s over {n} rooms"),
@@ -773,6 +856,26 @@ fn rows(
         }
         rows.push(rss);
     }
+    // Diagnostic, not judged: the smallest count's load again, in the grown deployment.
+    let again_over = format!("over {} rooms again, {largest} made", counts[0]);
+    let first_name = format!("{} rooms", counts[0]);
+    let mut row = Row::new(
+        format!("acked sends {again_over}"),
+        again.acked_per_s,
+        Unit::PerSecond,
+    );
+    if let Some(base) = first {
+        row = row.against(first_name.as_str(), base);
+    }
+    rows.push(row);
+    rows.extend(cpu_rows(
+        &again_over,
+        &again.cpu_per_send,
+        steps
+            .first()
+            .map(|f| (first_name.as_str(), &f.cpu_per_send)),
+        false,
+    ));
     rows.push(
         Row::new(
             format!("ready after a restart with {largest} rooms"),
