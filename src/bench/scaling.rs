@@ -60,6 +60,8 @@ struct Step {
     acked_per_s: f64,
     /// CPU microseconds each of [`PROCESSES`] used per acked send of the closed-loop run.
     cpu_per_send: [Option<f64>; 3],
+    /// CPU microseconds each of [`PROCESSES`] used per room created at this step.
+    cpu_per_creation: [Option<f64>; 3],
     stored: Samples,
     rss_kib: u64,
     errors: Errors,
@@ -415,6 +417,7 @@ async fn measure(
     };
     let send = |room, text| sender.send(room, text);
     let phase = progress.counted(format!("create rooms {}..{n}", made + 1), (n - made) as u64);
+    let cpu_before = cpu_now(meters);
     let started = Instant::now();
     let mut creating = futures_util::stream::iter(&rooms[made..])
         .map(|room| send(room, "opening".into()))
@@ -427,6 +430,7 @@ async fn measure(
     }
     drop(creating);
     let created_per_s = (n - made) as f64 / started.elapsed().as_secs_f64();
+    let cpu_per_creation = cpu_per(meters, cpu_before, (n - made) as u64);
     phase.finish(&format!("{created_per_s:.0} rooms/s"));
 
     let phase = progress.timed(
@@ -470,6 +474,7 @@ async fn measure(
         created_per_s,
         acked_per_s,
         cpu_per_send,
+        cpu_per_creation,
         stored,
         rss_kib: service.rss_kib(),
         errors,
@@ -551,7 +556,7 @@ async fn closed_round(
     errors: &mut Errors,
 ) -> (f64, [Option<f64>; 3]) {
     let n = rooms.len();
-    let cpu_before = meters.map(|m| m.and_then(|cpu| cpu.seconds()));
+    let cpu_before = cpu_now(meters);
     let started = Instant::now();
     let workers = (0..CONCURRENCY).map(|w| async move {
         let (mut acked, mut failed) = (0u64, Errors::default());
@@ -571,15 +576,21 @@ async fn closed_round(
         errors.merge(failed);
     }
     let acked_per_s = acked as f64 / started.elapsed().as_secs_f64();
-    let mut cpu_per_send = [None; 3];
-    for ((per_send, meter), before) in cpu_per_send.iter_mut().zip(meters).zip(cpu_before) {
-        if let (Some(after), Some(before)) = (meter.and_then(|cpu| cpu.seconds()), before)
-            && acked > 0
-        {
-            *per_send = Some((after - before) / acked as f64 * 1e6);
-        }
-    }
-    (acked_per_s, cpu_per_send)
+    (acked_per_s, cpu_per(meters, cpu_before, acked))
+}
+
+/// The CPU time (seconds) each of [`PROCESSES`] has used so far, where it can be read.
+fn cpu_now(meters: &Meters) -> [Option<f64>; 3] {
+    meters.map(|m| m.and_then(|cpu| cpu.seconds()))
+}
+
+/// CPU microseconds each of [`PROCESSES`] used since `before`, per one of `count` things done.
+fn cpu_per(meters: &Meters, before: [Option<f64>; 3], count: u64) -> [Option<f64>; 3] {
+    let now = cpu_now(meters);
+    std::array::from_fn(|p| match (now[p], before[p]) {
+        (Some(after), Some(before)) if count > 0 => Some((after - before) / count as f64 * 1e6),
+        _ => None,
+    })
 }
 
 /// The median of the values present (the lower middle one of an even count); `None` if none is.
@@ -707,10 +718,10 @@ struct Raw {
     publish_spread: Option<[f64; 2]>,
 }
 
-/// The CPU rows of one closed-loop measurement (`over`: "over 10 rooms"), each process's beside
-/// `base`'s (the smallest count's, named) when given; `judged` holds the service's to 1.3x.
+/// The CPU rows of one measurement (`what`: "CPU per acked send over 10 rooms"), each process's
+/// beside `base`'s (the smallest count's, named) when given; `judged` holds the service's to 1.3x.
 fn cpu_rows(
-    over: &str,
+    what: &str,
     cpu: &[Option<f64>; 3],
     base: Option<(&str, &[Option<f64>; 3])>,
     judged: bool,
@@ -731,11 +742,7 @@ fn cpu_rows(
     let mut rows = Vec::new();
     for (who, value, base_value) in figures {
         let Some(value) = value else { continue };
-        let mut row = Row::new(
-            format!("CPU per acked send {over}: {who}"),
-            value,
-            Unit::Micros,
-        );
+        let mut row = Row::new(format!("{what}: {who}"), value, Unit::Micros);
         if let (Some(base_value), Some((name, _))) = (base_value, base) {
             row = row.against(name, base_value);
             if judged && who == PROCESSES[0] {
@@ -806,6 +813,15 @@ fn rows(
             };
         }
         rows.push(created);
+        if n == largest {
+            // Who pays for a creation (the rooms added at this step), as for a send below.
+            rows.extend(cpu_rows(
+                &format!("CPU per room creation, rooms {}..{n}", counts[1] + 1),
+                &step.cpu_per_creation,
+                None,
+                false,
+            ));
+        }
         let mut acked = Row::new(
             format!("acked sends over {n} rooms, concurrency {CONCURRENCY}"),
             step.acked_per_s,
@@ -827,7 +843,7 @@ fn rows(
             .filter(|_| n != counts[0])
             .map(|f| (first_name.as_str(), &f.cpu_per_send));
         rows.extend(cpu_rows(
-            &format!("over {n} rooms"),
+            &format!("CPU per acked send over {n} rooms"),
             &step.cpu_per_send,
             base,
             n == largest,
@@ -869,7 +885,7 @@ fn rows(
     }
     rows.push(row);
     rows.extend(cpu_rows(
-        &again_over,
+        &format!("CPU per acked send {again_over}"),
         &again.cpu_per_send,
         steps
             .first()
