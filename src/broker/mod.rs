@@ -16,6 +16,9 @@
 //!
 //! Publishing answers only once the broker has confirmed the message; a delivery stays
 //! unacknowledged until [`Delivery::ack`], and is redelivered if its consumer goes away first.
+//! A send is published transient first ([`Broker::publish_in_memory`]) and persistent only if it
+//! is not stored soon (see `service/send.rs`): a persistent message on one of many idle queues
+//! costs RabbitMQ a disk sync of that queue's index of its own.
 
 pub mod memory;
 pub mod rmq;
@@ -135,6 +138,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes a persistent message to the room's queue and returns once the broker confirmed
     /// that the queue holds it; [`BrokerError::Unroutable`] if the queue does not exist.
     async fn publish(&self, room: &RoomName, body: Vec<u8>) -> Result<(), BrokerError>;
+
+    /// As [`Broker::publish`], but the message is transient: the broker keeps it in memory only,
+    /// so it confirms it without writing it to disk, and loses it if it restarts before the
+    /// room's consumer took it. For a send whose client is answered only once it is stored, or
+    /// once a persistent copy of it is confirmed.
+    async fn publish_in_memory(&self, room: &RoomName, body: Vec<u8>) -> Result<(), BrokerError>;
 
     /// Copies stored messages to the inboxes of a group room's members (through the room's
     /// exchange), persistent, and returns once the broker confirmed them.

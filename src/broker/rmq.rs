@@ -77,6 +77,15 @@ pub struct RabbitBroker {
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// AMQP's delivery mode: whether a queue writes a message to disk before confirming it.
+#[derive(Debug, Clone, Copy)]
+enum DeliveryMode {
+    /// Kept in memory only (lost if the broker restarts).
+    Transient = 1,
+    /// Written to disk on a durable queue (survives a restart).
+    Persistent = 2,
+}
+
 /// Which shared channel an operation uses.
 #[derive(Debug, Clone, Copy)]
 enum Role {
@@ -292,20 +301,20 @@ impl RabbitBroker {
         }
     }
 
-    /// Publishes persistent messages on a confirm channel and waits for every confirm. With
-    /// `mandatory`, a message the broker could not route to any queue is
-    /// [`BrokerError::Unroutable`].
+    /// Publishes messages on a confirm channel and waits for every confirm. With `mandatory`, a
+    /// message the broker could not route to any queue is [`BrokerError::Unroutable`].
     async fn publish_confirmed(
         &self,
         role: Role,
         exchange: &str,
         routing_key: &str,
         mandatory: bool,
+        mode: DeliveryMode,
         bodies: Vec<Vec<u8>>,
     ) -> Result<(), BrokerError> {
         let (link, channel) = self.channel(role).await?;
         let properties = BasicProperties::default()
-            .with_delivery_mode(2)
+            .with_delivery_mode(mode as u8)
             .with_content_type("application/json".into());
         let options = BasicPublishOptions {
             mandatory,
@@ -529,17 +538,26 @@ impl Broker for RabbitBroker {
     }
 
     async fn publish(&self, room: &RoomName, body: Vec<u8>) -> Result<(), BrokerError> {
-        self.publish_confirmed(Role::Sends, "", room.as_str(), true, vec![body])
+        let mode = DeliveryMode::Persistent;
+        self.publish_confirmed(Role::Sends, "", room.as_str(), true, mode, vec![body])
+            .await
+    }
+
+    async fn publish_in_memory(&self, room: &RoomName, body: Vec<u8>) -> Result<(), BrokerError> {
+        let mode = DeliveryMode::Transient;
+        self.publish_confirmed(Role::Sends, "", room.as_str(), true, mode, vec![body])
             .await
     }
 
     async fn fan_out(&self, room: &RoomName, bodies: Vec<Vec<u8>>) -> Result<(), BrokerError> {
-        self.publish_confirmed(Role::Notices, room.as_str(), "", false, bodies)
+        let mode = DeliveryMode::Persistent;
+        self.publish_confirmed(Role::Notices, room.as_str(), "", false, mode, bodies)
             .await
     }
 
     async fn publish_event(&self, body: Vec<u8>) -> Result<(), BrokerError> {
-        self.publish_confirmed(Role::Notices, EVENTS_EXCHANGE, "", false, vec![body])
+        let mode = DeliveryMode::Persistent;
+        self.publish_confirmed(Role::Notices, EVENTS_EXCHANGE, "", false, mode, vec![body])
             .await
     }
 

@@ -492,10 +492,53 @@ impl ChatRoom {
         Ok(())
     }
 
-    /// Publishes a message to the room's queue and returns it once the broker confirmed that
-    /// the queue holds it. The sender must be a member; the room's consumer will number and
-    /// store it.
+    /// Publishes a message to the room's queue, persistent, and returns it once the broker
+    /// confirmed that the queue holds it. The sender must be a member; the room's consumer will
+    /// number and store it.
     pub async fn send_message(
+        &self,
+        message: String,
+        mess_props: MessageProperties,
+    ) -> Result<ChatMessage, RoomError> {
+        let message = self.checked(message, mess_props)?;
+        self.inner
+            .broker
+            .publish(&self.inner.name, encode(&message))
+            .await?;
+        Ok(message)
+    }
+
+    /// As [`ChatRoom::send_message`], but transient: the broker holds the message in memory
+    /// only, and loses it if it restarts before the room's consumer took it. For a sender that
+    /// answers its client only once the message is stored, or once [`ChatRoom::keep_on_disk`]
+    /// made a persistent copy.
+    pub async fn send_message_in_memory(
+        &self,
+        message: String,
+        mess_props: MessageProperties,
+    ) -> Result<ChatMessage, RoomError> {
+        let message = self.checked(message, mess_props)?;
+        let body = encode(&message);
+        self.inner
+            .broker
+            .publish_in_memory(&self.inner.name, body)
+            .await?;
+        Ok(message)
+    }
+
+    /// Publishes a persistent copy of a message sent with [`ChatRoom::send_message_in_memory`],
+    /// and returns once the broker confirmed it: from then on the message survives a broker
+    /// restart. If the first copy is stored too, the consumer recognises the second by its id.
+    pub async fn keep_on_disk(&self, sent: &ChatMessage) -> Result<(), RoomError> {
+        self.inner
+            .broker
+            .publish(&self.inner.name, encode(sent))
+            .await?;
+        Ok(())
+    }
+
+    /// A new message, once checked: not too long, for this room, from a member.
+    fn checked(
         &self,
         message: String,
         mess_props: MessageProperties,
@@ -512,10 +555,7 @@ impl ChatRoom {
                 alias: mess_props.from_user,
             });
         }
-        let message = ChatMessage::new(message, mess_props);
-        let body = serde_json::to_vec(&message).expect("a ChatMessage always serialises");
-        self.inner.broker.publish(&self.inner.name, body).await?;
-        Ok(message)
+        Ok(ChatMessage::new(message, mess_props))
     }
 
     // ----- store -----
@@ -661,6 +701,11 @@ pub async fn declare_topology(broker: &dyn Broker, meta: &RoomMeta) -> Result<()
         }
     }
     Ok(())
+}
+
+/// A message as the room's queue carries it.
+fn encode(message: &ChatMessage) -> Vec<u8> {
+    serde_json::to_vec(message).expect("a ChatMessage always serialises")
 }
 
 fn push_newest(cache: &mut VecDeque<ChatMessage>, message: ChatMessage, capacity: usize) {

@@ -114,7 +114,11 @@ impl ChatService {
         let keyed = request.idempotency_key.is_some();
         let waiters = &self.inner.waiters;
         let stored = waiters.register(room.name(), id);
-        let sent = match room.send_message(request.message, props).await {
+        // Transient first: the client hears nothing before the message is stored, or before a
+        // persistent copy of it is confirmed (below), so a broker restart that loses this copy
+        // loses no acknowledged message. A persistent message on one of many rooms' queues,
+        // each mostly idle, costs RabbitMQ a disk sync of that queue's own index.
+        let sent = match room.send_message_in_memory(request.message, props).await {
             Ok(sent) => sent,
             Err(e) => {
                 let _ = waiters.forget(&id);
@@ -124,14 +128,17 @@ impl ChatService {
         let mut stored = stored;
         let store_wait = self.inner.config.store_wait;
         let mut waited = tokio::time::timeout(store_wait, &mut stored).await;
-        if waited.is_err()
-            && self.inner.broker.durable()
-            && !waiters.in_doubt(&id)
-            && self.store_answers_within(store_wait).await
-        {
+        let mut on_disk = false;
+        if waited.is_err() && self.inner.broker.durable() && !waiters.in_doubt(&id) {
+            // Not stored yet: from now on the message must survive a broker restart.
+            self.keep_on_disk(&room, &sent).await?;
+            on_disk = true;
+        }
+        if waited.is_err() && on_disk && self.store_answers_within(store_wait).await {
             // The store answers, so the message is not waiting for it: the room's consumer is
-            // slow, or the queue that held the message was deleted (which the consumer reports
-            // once it notices). Wait longer, so that such a message is not acknowledged.
+            // slow, the broker restarted and lost the transient copy (the persistent one is on
+            // its way), or the queue that held the message was deleted (which the consumer
+            // reports once it notices). Wait longer, so that such a message is not acknowledged.
             waited = tokio::time::timeout(2 * store_wait, &mut stored).await;
             if waited.is_err() {
                 let _ = waiters.forget(&id);
@@ -163,6 +170,9 @@ impl ChatService {
         if self.inner.broker.durable() {
             // The store is down and the broker holds the message durably: it will be stored once
             // the store is back.
+            if !on_disk {
+                self.keep_on_disk(&room, &sent).await?;
+            }
             Ok(SendOutcome::Accepted(sent))
         } else {
             // Only this process holds it: no acknowledgement before it is stored.
@@ -171,6 +181,21 @@ impl ChatService {
                  with the same idempotency_key to send it exactly once"
             )))
         }
+    }
+
+    /// Publishes a persistent copy of a message sent transient and not stored yet (the consumer
+    /// stores whichever copy comes first, and recognises the other by its id). If the broker
+    /// cannot take it, the send is not acknowledged: the transient copy may still be stored.
+    async fn keep_on_disk(&self, room: &ChatRoom, sent: &ChatMessage) -> Result<(), ChatError> {
+        let id = sent.mess_props.id;
+        room.keep_on_disk(sent).await.map_err(|e| {
+            let _ = self.inner.waiters.forget(&id);
+            ChatError::Unavailable(format!(
+                "message {id} is not stored yet and the broker could not keep a copy of it \
+                 ({e}); it may still be stored: retry with the same idempotency_key to send it \
+                 exactly once"
+            ))
+        })
     }
 
     /// Why a publish was refused, for the client. A send the broker could not route to the
