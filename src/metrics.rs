@@ -8,6 +8,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 /// Sends answered, by `outcome`: stored, accepted, rate_limited (429), refused (other 4xx) or
 /// unavailable (503).
 pub const SENDS: &str = "mess_chat_sends_total";
+/// Sends not stored within the store wait, which got a persistent copy on the broker.
+pub const SENDS_KEPT_ON_DISK: &str = "mess_chat_sends_kept_on_disk_total";
 /// Time to answer a send, seconds (a stored send includes the store write).
 pub const SEND_SECONDS: &str = "mess_chat_send_duration_seconds";
 /// Deliveries taken off room queues.

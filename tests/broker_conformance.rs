@@ -159,8 +159,14 @@ async fn messages_come_out_in_publish_order(backend: Backend) {
             let bodies: Vec<Vec<u8>> = (1..=50)
                 .map(|i| format!("message {i}").into_bytes())
                 .collect();
-            for body in &bodies {
-                broker.publish(&room, body.clone()).await.expect("publish");
+            // Transient and persistent messages, taking turns, keep one order.
+            for (i, body) in bodies.iter().enumerate() {
+                if i % 2 == 0 {
+                    broker.publish(&room, body.clone()).await.expect("publish");
+                } else {
+                    let publish = broker.publish_in_memory(&room, body.clone());
+                    publish.await.expect("publish in memory");
+                }
             }
 
             let mut stream = broker.consume(&room).await.expect("consume");
@@ -452,6 +458,10 @@ async fn publishing_to_an_undeclared_private_room_is_unroutable(backend: Backend
             match broker.publish(&room, b"lost".to_vec()).await {
                 Err(BrokerError::Unroutable(name)) => assert_eq!(name, room.as_str()),
                 other => panic!("expected Unroutable, got {other:?}"),
+            }
+            match broker.publish_in_memory(&room, b"lost".to_vec()).await {
+                Err(BrokerError::Unroutable(name)) => assert_eq!(name, room.as_str()),
+                other => panic!("expected Unroutable in memory too, got {other:?}"),
             }
             // The broker is still usable afterwards.
             broker.declare_room(&room, false).await.expect("declare");

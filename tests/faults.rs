@@ -233,6 +233,12 @@ async fn sends_during_a_store_outage_are_stored_once_it_returns() {
         assert_eq!(cached.status().as_u16(), 200);
         // A send goes to the broker transient first; one answered 202 has a persistent copy
         // there, which a broker restart during the outage must not lose.
+        let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
+        let kept = mess_chat::metrics::value_in(
+            &metrics.text().await.unwrap(),
+            "mess_chat_sends_kept_on_disk_total",
+        );
+        assert!(kept >= Some(20.0), "persistent copies made: {kept:?}");
         common::rabbitmqctl(&["stop_app"]).await;
         common::rabbitmqctl(&["start_app"]).await;
         acked

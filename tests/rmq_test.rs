@@ -245,6 +245,32 @@ async fn confirmed_publish_is_persistent_and_waits_in_the_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_publish_is_confirmed_transient() {
+    let broker = RabbitBroker::new(common::amqp_url());
+    let r = room("transient");
+    broker.declare_room(&r, false).await.unwrap();
+    broker
+        .publish_in_memory(&r, b"{\"hello\":2}".to_vec())
+        .await
+        .unwrap();
+    let conn = observer().await;
+    assert_eq!(queue_ready_count(&conn, r.as_str()).await, Some(1));
+    let channel = conn.create_channel().await.unwrap();
+    let got = channel
+        .basic_get(r.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(got.delivery.data, b"{\"hello\":2}");
+    assert_eq!(
+        *got.delivery.properties.delivery_mode(),
+        Some(1),
+        "transient: RabbitMQ writes nothing to disk for it"
+    );
+    broker.delete_room(&r, false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_publish_is_refused() {
     let broker = RabbitBroker::new(common::amqp_url());
     let never_declared = room("nowhere");
@@ -458,9 +484,10 @@ async fn consumer_acks_only_after_the_store_write() {
         "confirmed, not stored: {outcome:?}"
     );
 
-    // While the store fails, the delivery is held unacknowledged: nothing is lost.
-    eventually("the delivery is unacked", async || {
-        queue_counts(r.as_str()).await == (0, 1)
+    // While the store fails, the deliveries are held unacknowledged: nothing is lost. There
+    // are two: the send went transient first, and got a persistent copy before its 202.
+    eventually("both copies are delivered and unacked", async || {
+        queue_counts(r.as_str()).await == (0, 2)
     })
     .await;
     assert!(
@@ -495,9 +522,10 @@ async fn unstored_message_survives_a_service_stop_and_is_stored_once() {
         .await
         .unwrap();
     service.shutdown().await;
-    // The stopped consumer's channel closed: the broker holds the message for the next one.
+    // The stopped consumer's channel closed: the broker holds the message (its transient and
+    // its persistent copy) for the next one, which stores it once.
     eventually("the message is back in the queue", async || {
-        queue_counts(r.as_str()).await == (1, 0)
+        queue_counts(r.as_str()).await == (2, 0)
     })
     .await;
 

@@ -52,6 +52,9 @@ type Meters = [Option<Cpu>; 3];
 /// embedded back ends, the service is all three).
 const PROCESSES: [&str; 3] = ["service", "broker", "store"];
 
+/// A room and its owner, who sends to it.
+type Room = (RoomName, Alias);
+
 /// What one room count measured.
 struct Step {
     rooms: usize,
@@ -64,6 +67,9 @@ struct Step {
     cpu_per_creation: [Option<f64>; 3],
     stored: Samples,
     rss_kib: u64,
+    /// At the largest count: the smallest count's rooms, busy in rounds taking turns with this
+    /// count's (the baseline the largest count is judged against).
+    alongside: Option<Closed>,
     errors: Errors,
 }
 
@@ -243,11 +249,16 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         let mut steps = Vec::new();
         let mut made = 0;
         for rooms in counts {
+            // At the largest count the smallest count's rooms are busy again, in rounds taking
+            // turns with the largest's: the two figures then see the same machine (figures on
+            // these shared machines drift by a third within minutes) and the same grown
+            // deployment, and differ only by how far the sends spread.
+            let alongside = (rooms == counts[2]).then(|| &all[..counts[0]]);
             let step = measure(
                 &service,
                 &meters,
                 &http,
-                &all[..rooms],
+                (&all[..rooms], alongside),
                 made,
                 plan,
                 &progress,
@@ -256,28 +267,6 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             made = rooms;
             steps.push(step);
         }
-        // The smallest count once more, now that the largest exists: the same few rooms busy,
-        // in a deployment (and a store) grown to the largest count. Beside the first figure it
-        // tells what spreading the load over many rooms costs from what a grown deployment does.
-        let phase = progress.timed(
-            format!("acked sends over {} rooms again", counts[0]),
-            plan.closed * ROUNDS as u32,
-        );
-        let sender = Sender {
-            http: &http,
-            base: &service.base,
-        };
-        let mut again_errors = Errors::default();
-        let again = closed_rounds(
-            &sender,
-            &all[..counts[0]],
-            &meters,
-            plan.closed,
-            &mut again_errors,
-        )
-        .await;
-        phase.finish(&again.summary());
-        let again = (again, again_errors);
         let phase = progress.counted("restart and wait for /readyz".to_string(), 1);
         service.stop().await;
         let restarted = Instant::now();
@@ -292,7 +281,7 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
             Data::Real { .. } => Some(two_instances(&data, &http, &all, &progress).await?),
             Data::Embedded(_) => None,
         };
-        Ok::<_, BenchError>((steps, again, ready, idle_kib, pair, raw_insert, raw_spread))
+        Ok::<_, BenchError>((steps, ready, idle_kib, pair, raw_insert, raw_spread))
     }
     .await;
     // Whatever happened, the run's queues, exchanges and database go.
@@ -338,19 +327,12 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         }
         phase.finish("done");
     }
-    let (steps, (again, again_errors), ready, idle_kib, pair, raw_insert, raw_spread) = measured?;
+    let (steps, ready, idle_kib, pair, raw_insert, raw_spread) = measured?;
     let mut problems: Vec<String> = cleanup_problem.into_iter().collect();
     for step in &steps {
         if step.errors.total() > 0 {
             problems.push(format!("{} rooms: {}", step.rooms, step.errors.summary()));
         }
-    }
-    if again_errors.total() > 0 {
-        problems.push(format!(
-            "{} rooms again: {}",
-            counts[0],
-            again_errors.summary()
-        ));
     }
     if let Some(pair) = pair.as_ref().filter(|p| p.errors.total() > 0) {
         problems.push(format!("two instances: {}", pair.errors.summary()));
@@ -384,7 +366,6 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         ),
         rows: rows(
             &steps,
-            &again,
             ready,
             idle_kib,
             pair.as_ref(),
@@ -399,12 +380,13 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
     })
 }
 
-/// Grows the rooms to `rooms.len()` (those from `made` on are new) and measures the load.
+/// Grows the rooms to `rooms.len()` (those from `made` on are new) and measures the load; with
+/// `alongside`, the closed loop over `rooms` takes turns with one over those rooms.
 async fn measure(
     service: &Service,
     meters: &Meters,
     http: &reqwest::Client,
-    rooms: &[(RoomName, Alias)],
+    (rooms, alongside): (&[Room], Option<&[Room]>),
     made: usize,
     plan: &Plan,
     progress: &Progress,
@@ -433,17 +415,22 @@ async fn measure(
     let cpu_per_creation = cpu_per(meters, cpu_before, (n - made) as u64);
     phase.finish(&format!("{created_per_s:.0} rooms/s"));
 
-    let phase = progress.timed(
-        format!("acked sends over {n} rooms"),
-        plan.closed * ROUNDS as u32,
-    );
-    let closed = closed_rounds(&sender, rooms, meters, plan.closed, &mut errors).await;
-    phase.finish(&closed.summary());
+    let mut sets = vec![rooms];
+    let mut name = format!("acked sends over {n} rooms");
+    if let Some(few) = alongside {
+        sets.push(few);
+        name.push_str(&format!(", rounds taking turns with {} rooms", few.len()));
+    }
+    let phase = progress.timed(name, plan.closed * (ROUNDS * sets.len()) as u32);
+    let mut closed = closed_rounds(&sender, &sets, meters, plan.closed, &mut errors).await;
+    let summaries: Vec<String> = closed.iter().map(Closed::summary).collect();
+    phase.finish(&summaries.join("; "));
+    let alongside = (closed.len() > 1).then(|| closed.remove(1));
     let Closed {
         acked_per_s,
         cpu_per_send,
         ..
-    } = closed;
+    } = closed.remove(0);
 
     // Open loop at RATE, from each send's scheduled time.
     let phase = progress.timed(format!("{RATE}/s over {n} rooms"), plan.open);
@@ -477,6 +464,7 @@ async fn measure(
         cpu_per_creation,
         stored,
         rss_kib: service.rss_kib(),
+        alongside,
         errors,
     }
 }
@@ -524,25 +512,31 @@ impl Closed {
     }
 }
 
-/// Runs the closed loop [`ROUNDS`] times over `rooms`, each round `length` long, and keeps the
-/// median round (acked rate and CPU per send, each its own median), so that one round disturbed
-/// by the shared machine does not decide a step.
+/// Runs the closed loop [`ROUNDS`] times over each set of rooms, the sets taking turns round by
+/// round, each round `length` long, and keeps each set's median round (acked rate and CPU per
+/// send, each its own median), so that one round disturbed by the shared machine does not decide
+/// a step.
 async fn closed_rounds(
     sender: &Sender<'_>,
-    rooms: &[(RoomName, Alias)],
+    sets: &[&[(RoomName, Alias)]],
     meters: &Meters,
     length: Duration,
     errors: &mut Errors,
-) -> Closed {
-    let mut rounds = Vec::with_capacity(ROUNDS);
+) -> Vec<Closed> {
+    let mut rounds = vec![Vec::with_capacity(ROUNDS); sets.len()];
     for _ in 0..ROUNDS {
-        rounds.push(closed_round(sender, rooms, meters, length, errors).await);
+        for (rooms, measured) in sets.iter().zip(&mut rounds) {
+            measured.push(closed_round(sender, rooms, meters, length, errors).await);
+        }
     }
-    Closed {
-        acked_per_s: median(rounds.iter().map(|r| Some(r.0))).unwrap_or(0.0),
-        cpu_per_send: std::array::from_fn(|p| median(rounds.iter().map(|r| r.1[p]))),
-        rounds: rounds.iter().map(|r| r.0).collect(),
-    }
+    rounds
+        .iter()
+        .map(|rounds| Closed {
+            acked_per_s: median(rounds.iter().map(|r| Some(r.0))).unwrap_or(0.0),
+            cpu_per_send: std::array::from_fn(|p| median(rounds.iter().map(|r| r.1[p]))),
+            rounds: rounds.iter().map(|r| r.0).collect(),
+        })
+        .collect()
 }
 
 /// One closed-loop round of `length`: [`CONCURRENCY`] workers, each sending to the next room in
@@ -756,7 +750,6 @@ fn cpu_rows(
 
 fn rows(
     steps: &[Step],
-    again: &Closed,
     ready: Option<Duration>,
     idle_kib: u64,
     pair: Option<&Pair>,
@@ -827,21 +820,26 @@ fn rows(
             step.acked_per_s,
             Unit::PerSecond,
         );
-        if n != counts[0]
-            && let Some(base) = first
-        {
-            acked = acked.against(format!("{} rooms", counts[0]), base);
+        // The baseline: at the largest count, the smallest count's rounds taking turns with it;
+        // else the smallest count's own step.
+        let first_name = format!("{} rooms", counts[0]);
+        let in_turn_name = format!("{} rooms in turn", counts[0]);
+        let base = match &step.alongside {
+            Some(few) => Some((in_turn_name.as_str(), few.acked_per_s, &few.cpu_per_send)),
+            None => steps
+                .first()
+                .filter(|_| n != counts[0])
+                .map(|f| (first_name.as_str(), f.acked_per_s, &f.cpu_per_send)),
+        };
+        if let Some((name, rate, _)) = base {
+            acked = acked.against(name, rate);
             if n == largest {
                 // Per-send cost within 1.3x: the rate at least 1/1.3 of the smallest's.
                 acked = acked.target(Target::ratio_at_least(1.0 / 1.3));
             }
         }
         rows.push(acked);
-        let first_name = format!("{} rooms", counts[0]);
-        let base = steps
-            .first()
-            .filter(|_| n != counts[0])
-            .map(|f| (first_name.as_str(), &f.cpu_per_send));
+        let base = base.map(|(name, _, cpu)| (name, cpu));
         rows.extend(cpu_rows(
             &format!("CPU per acked send over {n} rooms"),
             &step.cpu_per_send,
@@ -871,27 +869,30 @@ fn rows(
             rss = rss.target(Target::below(150.0));
         }
         rows.push(rss);
+        if let Some(few) = &step.alongside {
+            // Diagnostic, not judged: the baseline above beside the smallest count's own step,
+            // minutes earlier in a deployment of that many rooms. It tells the machine's drift,
+            // and what a grown deployment costs, from what spreading the sends costs.
+            let over = format!("over {} rooms in turn with {n}", counts[0]);
+            let mut row = Row::new(
+                format!("acked sends {over}"),
+                few.acked_per_s,
+                Unit::PerSecond,
+            );
+            if let Some(base) = first {
+                row = row.against(first_name.as_str(), base);
+            }
+            rows.push(row);
+            rows.extend(cpu_rows(
+                &format!("CPU per acked send {over}"),
+                &few.cpu_per_send,
+                steps
+                    .first()
+                    .map(|f| (first_name.as_str(), &f.cpu_per_send)),
+                false,
+            ));
+        }
     }
-    // Diagnostic, not judged: the smallest count's load again, in the grown deployment.
-    let again_over = format!("over {} rooms again, {largest} made", counts[0]);
-    let first_name = format!("{} rooms", counts[0]);
-    let mut row = Row::new(
-        format!("acked sends {again_over}"),
-        again.acked_per_s,
-        Unit::PerSecond,
-    );
-    if let Some(base) = first {
-        row = row.against(first_name.as_str(), base);
-    }
-    rows.push(row);
-    rows.extend(cpu_rows(
-        &format!("CPU per acked send {again_over}"),
-        &again.cpu_per_send,
-        steps
-            .first()
-            .map(|f| (first_name.as_str(), &f.cpu_per_send)),
-        false,
-    ));
     rows.push(
         Row::new(
             format!("ready after a restart with {largest} rooms"),

@@ -188,6 +188,7 @@ impl ChatService {
     /// cannot take it, the send is not acknowledged: the transient copy may still be stored.
     async fn keep_on_disk(&self, room: &ChatRoom, sent: &ChatMessage) -> Result<(), ChatError> {
         let id = sent.mess_props.id;
+        metrics::counter!(m::SENDS_KEPT_ON_DISK).increment(1);
         room.keep_on_disk(sent).await.map_err(|e| {
             let _ = self.inner.waiters.forget(&id);
             ChatError::Unavailable(format!(
