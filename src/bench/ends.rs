@@ -155,7 +155,8 @@ impl Ends {
                 ..
             } => (
                 format!(
-                    "RabbitMQ at {}, persistent messages, publisher confirms",
+                    "RabbitMQ at {}, publisher confirms; sends transient, persistent once not \
+                     stored within the store wait",
                     host_of(amqp_url)
                 ),
                 format!(

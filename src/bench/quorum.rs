@@ -132,7 +132,7 @@ pub async fn run(plan: &Plan, cluster: &str) -> Result<BackendReport, BenchError
         backend: "real, quorum".into(),
         broker: format!(
             "classic queues on RabbitMQ at {}, then quorum queues on the {}-node cluster at {}; \
-             persistent messages, publisher confirms",
+             publisher confirms (a quorum queue keeps every message on disk)",
             host_of(&amqp_url),
             nodes.len(),
             nodes.join(", ")

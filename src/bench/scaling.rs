@@ -5,7 +5,8 @@
 //! The rooms grow in steps (10, then 990 more, then 9,000 more), each created by a first send, as
 //! a new user would; at each step: room creations per second, acked sends per second at
 //! concurrency 32 spread over every room, send→stored p50 at 100 sends/s spread the same way,
-//! and the service's RSS. Last, the service is restarted on the same back ends and timed until
+//! and the service's RSS. At the largest count the closed-loop rounds take turns with rounds
+//! over the smallest count's rooms, the baseline the largest is judged against. Last, the service is restarted on the same back ends and timed until
 //! `/readyz` answers 200 (with every room's consumer subscribed). Afterwards every queue,
 //! exchange and the database the run made are removed.
 
@@ -352,7 +353,8 @@ pub async fn run(backend: Backend, plan: &Plan, quick: bool) -> Result<BackendRe
         load: format!(
             "a `mess-chat serve` child process (its RSS alone is measured); group rooms created \
              by a first send, {CONCURRENCY} at a time, {ROOMS_PER_OWNER} per owner; sends spread \
-             over every room; then a restart timed until /readyz answers 200{}",
+             over every room (at the largest count in rounds taking turns with rounds over the \
+             smallest count's rooms); then a restart timed until /readyz answers 200{}",
             match backend {
                 Backend::Real =>
                     "; then two instances started together on the same back ends, \
