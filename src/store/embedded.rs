@@ -41,17 +41,7 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 const LISTED: TableDefinition<(&str, &str), i64> = TableDefinition::new("listed_rooms");
 const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-/// Message ids, id first: (id, room) → sequence number. Ids grow with time, so the ids of one
-/// commit's messages land on the same few leaves whatever their rooms (keyed by room first, a
-/// commit over 32 rooms rewrote 32 leaves of this table).
-const MESSAGE_IDS: TableDefinition<(u128, &str), u64> = TableDefinition::new("message_ids_by_id");
-/// Message ids as layout 2 kept them, room first: (room, id) → sequence number. Moved to
-/// [`MESSAGE_IDS`] when such a file is opened.
-const ROOM_MESSAGE_IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("message_ids");
-/// The layout this store writes: [`SCHEMA_VERSION`]'s (integer message ids) with message ids
-/// keyed by id first. A file at [`SCHEMA_VERSION`] is moved to it when opened; an older
-/// mess-chat refuses a file at this layout instead of missing its message ids.
-const LAYOUT: i64 = 3;
+const MESSAGE_IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("message_ids");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const MEMBERSHIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("memberships");
 const OWNED: TableDefinition<&str, &[u8]> = TableDefinition::new("owned");
@@ -124,15 +114,6 @@ impl EmbeddedStore {
         redb!(txn.open_table(INSTANCES));
         redb!(txn.open_table(IDEMPOTENCY));
         redb!(txn.open_table(SCHEMA));
-        let version = redb!(redb!(txn.open_table(SCHEMA)).get(SCHEMA_KEY)).map(|v| v.value());
-        if version == Some(SCHEMA_VERSION) {
-            let moved = move_room_keyed_ids(&txn)?;
-            redb!(redb!(txn.open_table(SCHEMA)).insert(SCHEMA_KEY, LAYOUT));
-            tracing::info!(
-                moved,
-                "message ids are now keyed by id first (layout {LAYOUT})"
-            );
-        }
         redb!(txn.commit());
         Ok(Self {
             db: Arc::new(db),
@@ -220,7 +201,7 @@ fn write_jobs(db: &Database, jobs: &[WriteJob]) -> Result<Vec<Option<InsertStop>
                     }
                     None => {}
                 }
-                redb!(ids.insert((*id, name), *seq));
+                redb!(ids.insert((name, *id), *seq));
                 redb!(table.insert((name, *seq), bytes.as_slice()));
             }
             stops.push(stopped);
@@ -232,38 +213,6 @@ fn write_jobs(db: &Database, jobs: &[WriteJob]) -> Result<Vec<Option<InsertStop>
 
 /// The key of the layout's version in the `schema` table.
 const SCHEMA_KEY: &str = "version";
-
-/// Moves the message ids of layout 2's room-first table to [`MESSAGE_IDS`] and drops that table.
-/// Ids from 2^64 up (an earlier version's UUIDs, which `migrate` replaces) are not moved.
-/// Returns how many were.
-fn move_room_keyed_ids(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
-    let mut moved = 0;
-    {
-        let old = redb!(txn.open_table(ROOM_MESSAGE_IDS));
-        let mut new = redb!(txn.open_table(MESSAGE_IDS));
-        for entry in redb!(old.iter()) {
-            let (key, seq) = redb!(entry);
-            let (room, id) = key.value();
-            if id < 1u128 << 64 {
-                redb!(new.insert((id, room), seq.value()));
-                moved += 1;
-            }
-        }
-    }
-    redb!(txn.delete_table(ROOM_MESSAGE_IDS));
-    Ok(moved)
-}
-
-/// A stored message's id, read without the rest of it.
-#[derive(serde::Deserialize)]
-struct StoredId {
-    mess_props: StoredIdProperties,
-}
-
-#[derive(serde::Deserialize)]
-struct StoredIdProperties {
-    id: MessageId,
-}
 
 /// An instance number's lease.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -403,13 +352,13 @@ fn edit_room(
 
 /// Why a numbered message cannot be written at its place, if it cannot.
 fn collision(
-    ids: &impl ReadableTable<(u128, &'static str), u64>,
+    ids: &impl ReadableTable<(&'static str, u128), u64>,
     messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     room: &str,
     id: u128,
     seq: u64,
 ) -> Result<Option<Inserted>, StoreError> {
-    if let Some(first_seq) = redb!(ids.get((id, room))).map(|v| v.value()) {
+    if let Some(first_seq) = redb!(ids.get((room, id))).map(|v| v.value()) {
         let stored = redb!(messages.get((room, first_seq))).ok_or_else(|| {
             StoreError::Malformed(format!("message id without message in {room}"))
         })?;
@@ -688,18 +637,14 @@ impl Store for EmbeddedStore {
                     rooms.retain(|r| *r != room)
                 })?;
             }
-            {
-                // The room's message ids are found through its messages (ids come first).
-                let mut messages = redb!(txn.open_table(MESSAGES));
-                let mut ids = redb!(txn.open_table(MESSAGE_IDS));
-                for entry in redb!(messages.range((name, 0)..=(name, u64::MAX))) {
-                    let (_, bytes) = redb!(entry);
-                    if let Ok(stored) = decode::<StoredId>(bytes.value()) {
-                        redb!(ids.remove((u128::from(stored.mess_props.id.0), name)));
-                    }
-                }
-                redb!(messages.retain_in((name, 0)..=(name, u64::MAX), |_, _| false));
-            }
+            redb!(
+                redb!(txn.open_table(MESSAGES))
+                    .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
+            );
+            redb!(
+                redb!(txn.open_table(MESSAGE_IDS))
+                    .retain_in((name, 0)..=(name, u128::MAX), |_, _| false)
+            );
             redb!(txn.commit());
             Ok(())
         })
@@ -721,7 +666,7 @@ impl Store for EmbeddedStore {
                 if let Some(found) = collision(&ids, &messages, name, id, seq)? {
                     return Ok(found);
                 }
-                redb!(ids.insert((id, name), seq));
+                redb!(ids.insert((name, id), seq));
                 redb!(messages.insert((name, seq), bytes.as_slice()));
             }
             redb!(txn.commit());
@@ -743,7 +688,7 @@ impl Store for EmbeddedStore {
             let messages = redb!(txn.open_table(MESSAGES));
             let mut found = Vec::new();
             for id in ids {
-                if let Some(seq) = redb!(id_table.get((u128::from(id.0), name))) {
+                if let Some(seq) = redb!(id_table.get((name, u128::from(id.0)))) {
                     let stored = redb!(messages.get((name, seq.value())))
                         .ok_or_else(|| StoreError::Malformed(format!("dangling id in {name}")))?;
                     found.push(decode(stored.value())?);
@@ -1011,13 +956,12 @@ impl Store for EmbeddedStore {
                 let mut marker = redb!(txn.open_table(SCHEMA));
                 let version = redb!(marker.get(SCHEMA_KEY)).map(|v| v.value());
                 match version {
-                    Some(LAYOUT) => Schema::Current,
-                    // (A file at SCHEMA_VERSION was moved to LAYOUT when opened.)
-                    Some(v) if v < LAYOUT => Schema::Legacy,
+                    Some(SCHEMA_VERSION) => Schema::Current,
+                    Some(v) if v < SCHEMA_VERSION => Schema::Legacy,
                     Some(v) => {
                         return Err(StoreError::Legacy(format!(
                             "the data was written by a newer mess-chat (layout {v}); this one \
-                             reads layout {LAYOUT}"
+                             reads layout {SCHEMA_VERSION}"
                         )));
                     }
                     None => {
@@ -1025,7 +969,7 @@ impl Store for EmbeddedStore {
                         let rooms = redb!(txn.open_table(ROOMS));
                         let users = redb!(txn.open_table(USERS));
                         if redb!(rooms.is_empty()) && redb!(users.is_empty()) {
-                            redb!(marker.insert(SCHEMA_KEY, LAYOUT));
+                            redb!(marker.insert(SCHEMA_KEY, SCHEMA_VERSION));
                             Schema::Empty
                         } else {
                             Schema::Legacy
@@ -1071,16 +1015,18 @@ impl Store for EmbeddedStore {
                         let id = ids.id_for(legacy.mess_props.sent_time.timestamp_millis())?;
                         let message = legacy.into_current(id);
                         redb!(messages.insert((name, seq), encode(&message)?.as_slice()));
-                        redb!(id_table.insert((u128::from(id.0), name), seq));
+                        redb!(id_table.insert((name, u128::from(id.0)), seq));
                         converted += 1;
                     }
+                    // The old ids were UUIDs, far above any 53-bit id.
+                    redb!(
+                        id_table.retain_in((name, 1u128 << 64)..=(name, u128::MAX), |_, _| false)
+                    );
                 }
                 redb!(txn.commit());
             }
-            // The old ids were UUIDs, far above any 53-bit id: they go with the old table.
             let txn = redb!(db.begin_write());
-            move_room_keyed_ids(&txn)?;
-            redb!(redb!(txn.open_table(SCHEMA)).insert(SCHEMA_KEY, LAYOUT));
+            redb!(redb!(txn.open_table(SCHEMA)).insert(SCHEMA_KEY, SCHEMA_VERSION));
             redb!(txn.commit());
             Ok(converted)
         })
