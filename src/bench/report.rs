@@ -188,6 +188,16 @@ impl Row {
         self
     }
 
+    /// Replaces the ratio with one measured in pairs: the median, over rounds taken in turn with
+    /// the baseline's, of each round's figure over the baseline's round beside it. A machine
+    /// whose speed drifts during the run disturbs it less than the ratio of the two medians
+    /// (which the value and baseline columns still show).
+    pub fn paired(mut self, ratio: Option<f64>) -> Self {
+        self.ratio = ratio.filter(|r| r.is_finite());
+        self.judge();
+        self
+    }
+
     /// Sets the figure's goal.
     pub fn target(mut self, target: Target) -> Self {
         self.target = Some(target);
@@ -228,6 +238,17 @@ pub(crate) mod tests {
                 problems: vec!["3× 503 unavailable".into()],
             }],
         }
+    }
+
+    #[test]
+    fn a_paired_ratio_replaces_the_ratio_of_the_medians_and_is_judged() {
+        let row = Row::new("x", 6.0, Unit::PerSecond)
+            .against("b", 8.0)
+            .target(Target::ratio_at_least(0.8))
+            .paired(Some(0.85));
+        assert_eq!((row.ratio, row.pass), (Some(0.85), Some(true)));
+        let row = row.paired(None);
+        assert_eq!((row.ratio, row.pass), (None, Some(false)));
     }
 
     #[test]

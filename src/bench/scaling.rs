@@ -34,7 +34,7 @@ pub const QUICK_ROOMS: [usize; 3] = [10, 100, 1_000];
 /// Sends (and creations) in flight at once.
 const CONCURRENCY: usize = 32;
 /// Closed-loop rounds at each room count; the median is reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// Offered rate of the latency run, sends per second.
 const RATE: f64 = 100.0;
 /// Rooms each owner creates (a deployment of many rooms has many users; one alias owning them
@@ -64,6 +64,8 @@ struct Step {
     acked_per_s: f64,
     /// CPU microseconds each of [`PROCESSES`] used per acked send of the closed-loop run.
     cpu_per_send: [Option<f64>; 3],
+    /// The closed loop's rounds: acked sends per second, and CPU per send, each in order.
+    rounds: (Vec<f64>, Vec<[Option<f64>; 3]>),
     /// CPU microseconds each of [`PROCESSES`] used per room created at this step.
     cpu_per_creation: [Option<f64>; 3],
     stored: Samples,
@@ -431,7 +433,8 @@ async fn measure(
     let Closed {
         acked_per_s,
         cpu_per_send,
-        ..
+        rounds,
+        cpu_rounds,
     } = closed.remove(0);
 
     // Open loop at RATE, from each send's scheduled time.
@@ -463,6 +466,7 @@ async fn measure(
         created_per_s,
         acked_per_s,
         cpu_per_send,
+        rounds: (rounds, cpu_rounds),
         cpu_per_creation,
         stored,
         rss_kib: service.rss_kib(),
@@ -504,6 +508,8 @@ struct Closed {
     cpu_per_send: [Option<f64>; 3],
     /// Each round's acked sends per second, in order.
     rounds: Vec<f64>,
+    /// Each round's CPU per acked send, in order.
+    cpu_rounds: Vec<[Option<f64>; 3]>,
 }
 
 impl Closed {
@@ -537,8 +543,18 @@ async fn closed_rounds(
             acked_per_s: median(rounds.iter().map(|r| Some(r.0))).unwrap_or(0.0),
             cpu_per_send: std::array::from_fn(|p| median(rounds.iter().map(|r| r.1[p]))),
             rounds: rounds.iter().map(|r| r.0).collect(),
+            cpu_rounds: rounds.iter().map(|r| r.1).collect(),
         })
         .collect()
+}
+
+/// The median of each round's figure over the figure of the baseline's round beside it (rounds
+/// taken in turn); `None` if no pair has both.
+fn paired(rounds: &[Option<f64>], base: &[Option<f64>]) -> Option<f64> {
+    median(rounds.iter().zip(base).map(|(r, b)| match (r, b) {
+        (Some(r), Some(b)) if *b > 0.0 => Some(r / b),
+        _ => None,
+    }))
 }
 
 /// One closed-loop round of `length`: [`CONCURRENCY`] workers, each sending to the next room in
@@ -714,33 +730,51 @@ struct Raw {
     publish_spread: Option<[f64; 2]>,
 }
 
+/// Each round's CPU per send, of the measurement and of the baseline's rounds taken in turn.
+type CpuPairs<'a> = (&'a [[Option<f64>; 3]], &'a [[Option<f64>; 3]]);
+
 /// The CPU rows of one measurement (`what`: "CPU per acked send over 10 rooms"), each process's
-/// beside `base`'s (the smallest count's, named) when given; `judged` holds the service's to 1.3x.
+/// beside `base`'s (the smallest count's, named) when given, and with `pairs`, ratios measured
+/// in pairs ([`Row::paired`]); `judged` holds the service's to 1.3x.
 fn cpu_rows(
     what: &str,
     cpu: &[Option<f64>; 3],
     base: Option<(&str, &[Option<f64>; 3])>,
+    pairs: Option<CpuPairs<'_>>,
     judged: bool,
 ) -> Vec<Row> {
     let total = |cpu: &[Option<f64>; 3]| -> Option<f64> {
         let read: Option<Vec<f64>> = cpu.iter().copied().collect();
         read.map(|all| all.iter().sum())
     };
+    // Process `p`'s figure of each round (`None`: all three's).
+    let each = |rounds: &[[Option<f64>; 3]], p: Option<usize>| -> Vec<Option<f64>> {
+        rounds
+            .iter()
+            .map(|cpu| p.map_or_else(|| total(cpu), |p| cpu[p]))
+            .collect()
+    };
+    let paired_ratio =
+        |p: Option<usize>| pairs.map(|(rounds, base)| paired(&each(rounds, p), &each(base, p)));
     let figures = PROCESSES
         .iter()
         .zip(0..)
-        .map(|(who, i)| (*who, cpu[i], base.and_then(|(_, b)| b[i])))
+        .map(|(who, i)| (*who, cpu[i], base.and_then(|(_, b)| b[i]), Some(i)))
         .chain(std::iter::once((
             "all three",
             total(cpu),
             base.and_then(|(_, b)| total(b)),
+            None,
         )));
     let mut rows = Vec::new();
-    for (who, value, base_value) in figures {
+    for (who, value, base_value, p) in figures {
         let Some(value) = value else { continue };
         let mut row = Row::new(format!("{what}: {who}"), value, Unit::Micros);
         if let (Some(base_value), Some((name, _))) = (base_value, base) {
             row = row.against(name, base_value);
+            if let Some(ratio) = paired_ratio(p) {
+                row = row.paired(ratio);
+            }
             if judged && who == PROCESSES[0] {
                 row = row.target(Target::ratio_below(1.3));
             }
@@ -814,6 +848,7 @@ fn rows(
                 &format!("CPU per room creation, rooms {}..{n}", counts[1] + 1),
                 &step.cpu_per_creation,
                 None,
+                None,
                 false,
             ));
         }
@@ -825,7 +860,7 @@ fn rows(
         // The baseline: at the largest count, the smallest count's rounds taking turns with it;
         // else the smallest count's own step.
         let first_name = format!("{} rooms", counts[0]);
-        let in_turn_name = format!("{} rooms in turn", counts[0]);
+        let in_turn_name = format!("{} rooms in turn, paired", counts[0]);
         let base = match &step.alongside {
             Some(few) => Some((in_turn_name.as_str(), few.acked_per_s, &few.cpu_per_send)),
             None => steps
@@ -835,6 +870,10 @@ fn rows(
         };
         if let Some((name, rate, _)) = base {
             acked = acked.against(name, rate);
+            if let Some(few) = &step.alongside {
+                let each = |rounds: &[f64]| rounds.iter().map(|r| Some(*r)).collect::<Vec<_>>();
+                acked = acked.paired(paired(&each(&step.rounds.0), &each(&few.rounds)));
+            }
             if n == largest {
                 // Per-send cost within 1.3x: the rate at least 1/1.3 of the smallest's.
                 acked = acked.target(Target::ratio_at_least(1.0 / 1.3));
@@ -842,10 +881,15 @@ fn rows(
         }
         rows.push(acked);
         let base = base.map(|(name, _, cpu)| (name, cpu));
+        let pairs = step
+            .alongside
+            .as_ref()
+            .map(|few| (step.rounds.1.as_slice(), few.cpu_rounds.as_slice()));
         rows.extend(cpu_rows(
             &format!("CPU per acked send over {n} rooms"),
             &step.cpu_per_send,
             base,
+            pairs,
             n == largest,
         ));
         let mut stored = step.stored.clone();
@@ -891,6 +935,7 @@ fn rows(
                 steps
                     .first()
                     .map(|f| (first_name.as_str(), &f.cpu_per_send)),
+                None,
                 false,
             ));
         }

@@ -188,7 +188,6 @@ impl ChatService {
     /// cannot take it, the send is not acknowledged: the transient copy may still be stored.
     async fn keep_on_disk(&self, room: &ChatRoom, sent: &ChatMessage) -> Result<(), ChatError> {
         let id = sent.mess_props.id;
-        metrics::counter!(m::SENDS_KEPT_ON_DISK).increment(1);
         room.keep_on_disk(sent).await.map_err(|e| {
             let _ = self.inner.waiters.forget(&id);
             ChatError::Unavailable(format!(
@@ -196,7 +195,9 @@ impl ChatService {
                  ({e}); it may still be stored: retry with the same idempotency_key to send it \
                  exactly once"
             ))
-        })
+        })?;
+        metrics::counter!(m::SENDS_KEPT_ON_DISK).increment(1);
+        Ok(())
     }
 
     /// Why a publish was refused, for the client. A send the broker could not route to the
