@@ -227,21 +227,23 @@ async fn confirmed_publish_is_persistent_and_waits_in_the_queue() {
     broker.declare_room(&r, false).await.unwrap();
     broker.publish(&r, b"{\"hello\":1}".to_vec()).await.unwrap();
     // publish returned: the broker confirmed, so the message is in the queue right now.
+    let (body, mode) = the_one_message(r.as_str()).await;
+    assert_eq!(body, b"{\"hello\":1}");
+    assert_eq!(mode, Some(2), "persistent");
+    broker.delete_room(&r, false).await.unwrap();
+}
+
+/// The queue's only message, taken: its body and delivery mode.
+async fn the_one_message(queue: &str) -> (Vec<u8>, Option<u8>) {
     let conn = observer().await;
-    assert_eq!(queue_ready_count(&conn, r.as_str()).await, Some(1));
+    assert_eq!(queue_ready_count(&conn, queue).await, Some(1));
     let channel = conn.create_channel().await.unwrap();
     let got = channel
-        .basic_get(r.as_str().into(), BasicGetOptions { no_ack: true })
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
         .await
         .unwrap()
         .expect("a message");
-    assert_eq!(got.delivery.data, b"{\"hello\":1}");
-    assert_eq!(
-        *got.delivery.properties.delivery_mode(),
-        Some(2),
-        "persistent"
-    );
-    broker.delete_room(&r, false).await.unwrap();
+    (got.delivery.data, *got.delivery.properties.delivery_mode())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,19 +255,12 @@ async fn an_in_memory_publish_is_confirmed_transient() {
         .publish_in_memory(&r, b"{\"hello\":2}".to_vec())
         .await
         .unwrap();
-    let conn = observer().await;
-    assert_eq!(queue_ready_count(&conn, r.as_str()).await, Some(1));
-    let channel = conn.create_channel().await.unwrap();
-    let got = channel
-        .basic_get(r.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .expect("a message");
-    assert_eq!(got.delivery.data, b"{\"hello\":2}");
+    let (body, mode) = the_one_message(r.as_str()).await;
+    assert_eq!(body, b"{\"hello\":2}");
     assert_eq!(
-        *got.delivery.properties.delivery_mode(),
+        mode,
         Some(1),
-        "transient: RabbitMQ writes nothing to disk for it"
+        "transient: RabbitMQ does not write it to disk"
     );
     broker.delete_room(&r, false).await.unwrap();
 }

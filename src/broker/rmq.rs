@@ -301,6 +301,18 @@ impl RabbitBroker {
         }
     }
 
+    /// Publishes a send to the room's own queue (through the default exchange, mandatory: see
+    /// the module's notes) and waits for the confirm.
+    async fn publish_to_room(
+        &self,
+        room: &RoomName,
+        body: Vec<u8>,
+        mode: DeliveryMode,
+    ) -> Result<(), BrokerError> {
+        self.publish_confirmed(Role::Sends, "", room.as_str(), true, mode, vec![body])
+            .await
+    }
+
     /// Publishes messages on a confirm channel and waits for every confirm. With `mandatory`, a
     /// message the broker could not route to any queue is [`BrokerError::Unroutable`].
     async fn publish_confirmed(
@@ -538,14 +550,12 @@ impl Broker for RabbitBroker {
     }
 
     async fn publish(&self, room: &RoomName, body: Vec<u8>) -> Result<(), BrokerError> {
-        let mode = DeliveryMode::Persistent;
-        self.publish_confirmed(Role::Sends, "", room.as_str(), true, mode, vec![body])
+        self.publish_to_room(room, body, DeliveryMode::Persistent)
             .await
     }
 
     async fn publish_in_memory(&self, room: &RoomName, body: Vec<u8>) -> Result<(), BrokerError> {
-        let mode = DeliveryMode::Transient;
-        self.publish_confirmed(Role::Sends, "", room.as_str(), true, mode, vec![body])
+        self.publish_to_room(room, body, DeliveryMode::Transient)
             .await
     }
 

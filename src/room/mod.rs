@@ -501,10 +501,7 @@ impl ChatRoom {
         mess_props: MessageProperties,
     ) -> Result<ChatMessage, RoomError> {
         let message = self.checked(message, mess_props)?;
-        self.inner
-            .broker
-            .publish(&self.inner.name, encode(&message))
-            .await?;
+        self.keep_on_disk(&message).await?;
         Ok(message)
     }
 
@@ -526,9 +523,11 @@ impl ChatRoom {
         Ok(message)
     }
 
-    /// Publishes a persistent copy of a message sent with [`ChatRoom::send_message_in_memory`],
-    /// and returns once the broker confirmed it: from then on the message survives a broker
-    /// restart. If the first copy is stored too, the consumer recognises the second by its id.
+    /// Publishes a message to the room's queue persistent, and returns once the broker confirmed
+    /// it: from then on the message survives a broker restart. [`ChatRoom::send_message`]'s own
+    /// publish, and the persistent copy of a message sent with
+    /// [`ChatRoom::send_message_in_memory`] (if both copies arrive, the consumer stores the first
+    /// and recognises the other by its id).
     pub async fn keep_on_disk(&self, sent: &ChatMessage) -> Result<(), RoomError> {
         self.inner
             .broker
