@@ -18,7 +18,8 @@ use mess_chat::broker::rmq::RabbitBroker;
 use mess_chat::broker::{Broker, BrokerError, QueueType};
 use mess_chat::client::SendParams;
 use mess_chat::model::{
-    Alias, ChatMessage, MessageId, MessageProperties, RoomListMeta, RoomMeta, RoomName, UserRecord,
+    Alias, ChatMessage, MessageId, MessageProperties, MessageType, RoomListMeta, RoomMeta,
+    RoomName, UserRecord,
 };
 use mess_chat::service::{ChatService, SendMode, SendOutcome, SendRequest, ServiceConfig};
 use mess_chat::store::{Created, InsertStop, Inserted, MemberChange, Schema, Store, StoreError};
@@ -278,11 +279,16 @@ async fn unroutable_publish_is_refused() {
     broker.ping().await.unwrap();
 }
 
-/// A real store whose message writes can be made to fail, to watch when the consumer acks.
+/// A real store whose message writes can be made to fail, to watch when the consumer acks, and
+/// whose reads of messages after a number can be made slow, to widen a race.
 struct FlakyStore {
     inner: Arc<dyn Store>,
     failing: AtomicBool,
+    slow_reads: AtomicBool,
 }
+
+/// How long a slow read takes.
+const SLOW_READ: Duration = Duration::from_millis(500);
 
 #[async_trait]
 impl Store for FlakyStore {
@@ -377,6 +383,9 @@ impl Store for FlakyStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
+        if self.slow_reads.load(Ordering::SeqCst) {
+            tokio::time::sleep(SLOW_READ).await;
+        }
         self.inner.messages_after(room, after, limit).await
     }
     async fn search_messages(
@@ -459,6 +468,7 @@ async fn service_on_a_failing_store() -> (Env, Arc<FlakyStore>, ChatService) {
     let store = Arc::new(FlakyStore {
         inner: env.store().await,
         failing: AtomicBool::new(true),
+        slow_reads: AtomicBool::new(false),
     });
     let service = ChatService::start(env.broker.clone(), store.clone(), quick_config())
         .await
@@ -504,6 +514,55 @@ async fn consumer_acks_only_after_the_store_write() {
     let stored = env.store().await.latest_messages(&r, 10).await.unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].mess_props.sequence_number, Some(1));
+    service.shutdown().await;
+    env.cleanup(&[(r, true)], &[ann]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_answered_stored_finds_its_message_in_the_next_read() {
+    let (env, store, service) = service_on_a_failing_store().await;
+    store.failing.store(false, Ordering::SeqCst);
+    let (r, ann) = (room("readback"), alias("ann"));
+    let first = service
+        .send(None, group_request(&r, &ann, "first"))
+        .await
+        .unwrap();
+    assert!(matches!(first, SendOutcome::Stored(_)), "{first:?}");
+    // Number 2 stored behind the service's back (as by a numberer this instance never heard
+    // from): the next batch is numbered 3, and the room's cache must read 2 from the store
+    // (slowly) before it can take 3.
+    let id = MessageId((1 << 52) + u64::from(Uuid::new_v4().as_fields().0));
+    let mut props = MessageProperties::new_sent(r.clone(), ann.clone(), r.to_string(), id);
+    props.mess_type = MessageType::Received;
+    props.rec_time = Some(props.sent_time);
+    props.sequence_number = Some(2);
+    let planted = ChatMessage {
+        message: "planted".into(),
+        mess_props: props,
+        dirty: false,
+    };
+    env.store().await.insert_message(&planted).await.unwrap();
+    store.slow_reads.store(true, Ordering::SeqCst);
+    let third = service
+        .send(None, group_request(&r, &ann, "third"))
+        .await
+        .unwrap();
+    let SendOutcome::Stored(third) = third else {
+        panic!("stored, not {third:?}");
+    };
+    assert_eq!(third.mess_props.sequence_number, Some(3));
+    let read: Vec<String> = service
+        .recent(None, &r, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message)
+        .collect();
+    assert_eq!(
+        read,
+        ["first", "planted", "third"],
+        "read right after the answer"
+    );
     service.shutdown().await;
     env.cleanup(&[(r, true)], &[ann]).await;
 }

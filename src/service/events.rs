@@ -121,12 +121,13 @@ impl ChatService {
         }
     }
 
-    /// A room's stored batch: wakes its senders, feeds its cache and live feeds.
+    /// A room's stored batch: feeds its cache and live feeds, then wakes its senders. In this
+    /// order, so that a sender answered "stored" finds its message in the very next read.
     async fn apply_stored(&self, room: &RoomName, messages: &[ChatMessage]) {
-        self.inner.waiters.wake(messages);
         if let Some(loaded) = self.inner.rooms.find(room) {
             self.feed(&loaded, messages).await;
         }
+        self.inner.waiters.wake(messages);
     }
 
     /// Drops a deleted room: its cache, its live feeds, its consumer and its waiting senders.
