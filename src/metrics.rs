@@ -54,6 +54,12 @@ pub const RATE_LIMITED: &str = "mess_chat_rate_limited_total";
 pub const QUOTA_EXCEEDED: &str = "mess_chat_quota_exceeded_total";
 /// Keys (aliases, client addresses) the rate limiters hold after their last clean-up.
 pub const RATE_LIMIT_KEYS: &str = "mess_chat_rate_limit_keys";
+/// Bytes of memory the allocator has handed out and not had back (glibc's malloc, as its own
+/// `mallinfo2` counts them; set at each scrape).
+pub const HEAP_IN_USE: &str = "mess_chat_heap_in_use_bytes";
+/// Bytes the allocator holds free for later allocations instead of returning them (set at each
+/// scrape): with [`HEAP_IN_USE`], what the process's RSS is made of.
+pub const HEAP_FREE: &str = "mess_chat_heap_free_bytes";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -73,6 +79,17 @@ pub fn handle() -> &'static PrometheusHandle {
             .install_recorder()
             .expect("no other metrics recorder is installed")
     })
+}
+
+/// Sets [`HEAP_IN_USE`] and [`HEAP_FREE`] from glibc's malloc (elsewhere they stay absent).
+pub fn record_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics (under its arenas' locks).
+        let info = unsafe { libc::mallinfo2() };
+        metrics::gauge!(HEAP_IN_USE).set((info.uordblks + info.hblkhd) as f64);
+        metrics::gauge!(HEAP_FREE).set(info.fordblks as f64);
+    }
 }
 
 /// The value of the unlabelled metric `name` in a Prometheus text exposition (`/metrics`), if

@@ -736,5 +736,8 @@ async fn metrics_report_sends_and_store_writes(backend: Backend) {
     assert!(value("mess_chat_deliveries_total") >= 1.0);
     assert!(value("mess_chat_send_to_stored_seconds_count") >= 1.0);
     assert!(value("mess_chat_send_duration_seconds_bucket") >= 0.0);
+    // The allocator's own figures, read at the scrape: a serving process holds some heap.
+    assert!(value("mess_chat_heap_in_use_bytes ") > 1024.0 * 1024.0);
+    assert!(value("mess_chat_heap_free_bytes ") >= 0.0);
     t.cleanup().await;
 }

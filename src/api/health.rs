@@ -71,5 +71,6 @@ pub async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) 
         axum::http::header::CONTENT_TYPE,
         "text/plain; version=0.0.4",
     );
+    crate::metrics::record_heap();
     ([content_type], crate::metrics::handle().render())
 }

@@ -70,6 +70,9 @@ struct Step {
     cpu_per_creation: [Option<f64>; 3],
     stored: Samples,
     rss_kib: u64,
+    /// What the allocator holds, beside the RSS: in use, and free but kept (MiB; NaN where
+    /// the service cannot say).
+    heap_mib: (f64, f64),
     /// At the largest count: the smallest count's rooms, busy in rounds taking turns with this
     /// count's (the baseline the largest count is judged against).
     alongside: Option<Closed>,
@@ -470,6 +473,10 @@ async fn measure(
         cpu_per_creation,
         stored,
         rss_kib: service.rss_kib(),
+        heap_mib: (
+            gauge(http, &service.base, crate::metrics::HEAP_IN_USE).await / MIB,
+            gauge(http, &service.base, crate::metrics::HEAP_FREE).await / MIB,
+        ),
         alongside,
         errors,
     }
@@ -696,6 +703,9 @@ async fn two_instances(
     })
 }
 
+/// Bytes in a MiB.
+const MIB: f64 = 1024.0 * 1024.0;
+
 /// A gauge's value from a service's `/metrics` (NaN if it cannot be read).
 async fn gauge(http: &reqwest::Client, base: &str, name: &str) -> f64 {
     let Ok(answer) = http.get(format!("{base}/metrics")).send().await else {
@@ -915,6 +925,19 @@ fn rows(
             rss = rss.target(Target::below(150.0));
         }
         rows.push(rss);
+        // What the RSS is made of (not judged): the memory the service's data holds, and what
+        // the allocator keeps free after it.
+        let (in_use, free) = step.heap_mib;
+        rows.push(Row::new(
+            format!("  of which heap in use with {n} rooms"),
+            in_use,
+            Unit::Mib,
+        ));
+        rows.push(Row::new(
+            format!("  of which heap free but held with {n} rooms"),
+            free,
+            Unit::Mib,
+        ));
         if let Some(few) = &step.alongside {
             // Diagnostic, not judged: the baseline above beside the smallest count's own step,
             // minutes earlier in a deployment of that many rooms. It tells the machine's drift,
