@@ -366,28 +366,10 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> anyhow::Result<()> {
-    limit_malloc_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(run())
-}
-
-/// glibc's malloc gives each thread that contends for memory an arena of its own, up to eight a
-/// core, and memory freed in one arena serves only that arena: under load over 10,000 rooms the
-/// service held 176 MiB with the default against 134 MiB with as many arenas as cores (`bench
-/// --rooms-only`, embedded). Before any thread starts, the count is set to the cores' unless
-/// `MALLOC_ARENA_MAX` says otherwise.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt only sets a malloc parameter; no other thread runs yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
-    }
 }
 
 async fn run() -> anyhow::Result<()> {

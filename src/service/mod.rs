@@ -254,6 +254,8 @@ impl ChatService {
         service.in_background(ChatService::keep_limits_small);
         service.in_background(ChatService::sweep_topology);
         service.in_background(ChatService::keep_caches_small);
+        service
+            .in_background(|_, stop| crate::metrics::keep_up(crate::metrics::UPKEEP_EVERY, stop));
         service.in_background(|s, stop| s.publish_stored(parcels, stop));
         let (leased, leasing) = tokio::sync::oneshot::channel();
         service.in_background(|s, stop| s.keep_leasing(stop, leased));
