@@ -65,8 +65,9 @@ const STORE_WAIT_AT_START: Duration = Duration::from_secs(20);
 /// Messages all rooms' caches hold together by default: about 12 MiB of a service's memory (a
 /// cached message takes some 500 bytes), whatever the number of rooms. At 50,000 the embedded
 /// service under load over 10,000 rooms reached 145–156.5 MiB once the caches were full (rooms
-/// bench, three 5-second rounds a step); at 25,000, 139–145 MiB, and 153–160 MiB under the
-/// longer load of five rounds a step (the README's Speed section).
+/// bench, three 5-second rounds a step, glibc's malloc); at 25,000, 139–145 MiB, and 153–160
+/// MiB under the longer load of five rounds a step; 132–135 MiB since histogram samples are
+/// folded away and jemalloc allocates (the README's Speed section).
 pub const DEFAULT_CACHE_TOTAL: usize = 25_000;
 
 /// Tunables of the service.
