@@ -365,9 +365,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Most threads tokio runs blocking work on (the embedded store's redb calls, mostly; redb
+/// writes one transaction at a time, and these machines have two cores). With tokio's default of
+/// 512, 100 room creations at a time started about as many threads, each with a jemalloc thread
+/// cache of its own: a peak RSS of 93 MiB for the bench's 1,000 rooms, against 38 MiB on glibc.
+const BLOCKING_THREADS: usize = 16;
+
 fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()?
         .block_on(run())
 }
