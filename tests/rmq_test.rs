@@ -520,8 +520,20 @@ async fn consumer_acks_only_after_the_store_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_answered_stored_finds_its_message_in_the_next_read() {
-    let (env, store, service) = service_on_a_failing_store().await;
-    store.failing.store(false, Ordering::SeqCst);
+    let env = Env::new(Backend::Real);
+    let store = Arc::new(FlakyStore {
+        inner: env.store().await,
+        failing: AtomicBool::new(false),
+        slow_reads: AtomicBool::new(false),
+    });
+    // A store wait well beyond the slowed read, so that the answer waits for the message.
+    let config = ServiceConfig {
+        store_wait: Duration::from_secs(3),
+        ..ServiceConfig::default()
+    };
+    let service = ChatService::start(env.broker.clone(), store.clone(), config)
+        .await
+        .unwrap();
     let (r, ann) = (room("readback"), alias("ann"));
     let first = service
         .send(None, group_request(&r, &ann, "first"))
