@@ -464,13 +464,21 @@ fn group_request(r: &RoomName, from: &Alias, text: &str) -> SendRequest {
 
 /// A service on the real broker over a real store whose message writes fail until told not to.
 async fn service_on_a_failing_store() -> (Env, Arc<FlakyStore>, ChatService) {
+    service_on_a_flaky_store(true, quick_config()).await
+}
+
+/// A service with `config` on the real broker over a real [`FlakyStore`], `failing` or not.
+async fn service_on_a_flaky_store(
+    failing: bool,
+    config: ServiceConfig,
+) -> (Env, Arc<FlakyStore>, ChatService) {
     let env = Env::new(Backend::Real);
     let store = Arc::new(FlakyStore {
         inner: env.store().await,
-        failing: AtomicBool::new(true),
+        failing: AtomicBool::new(failing),
         slow_reads: AtomicBool::new(false),
     });
-    let service = ChatService::start(env.broker.clone(), store.clone(), quick_config())
+    let service = ChatService::start(env.broker.clone(), store.clone(), config)
         .await
         .unwrap();
     (env, store, service)
@@ -520,20 +528,12 @@ async fn consumer_acks_only_after_the_store_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_answered_stored_finds_its_message_in_the_next_read() {
-    let env = Env::new(Backend::Real);
-    let store = Arc::new(FlakyStore {
-        inner: env.store().await,
-        failing: AtomicBool::new(false),
-        slow_reads: AtomicBool::new(false),
-    });
     // A store wait well beyond the slowed read, so that the answer waits for the message.
     let config = ServiceConfig {
         store_wait: Duration::from_secs(3),
         ..ServiceConfig::default()
     };
-    let service = ChatService::start(env.broker.clone(), store.clone(), config)
-        .await
-        .unwrap();
+    let (env, store, service) = service_on_a_flaky_store(false, config).await;
     let (r, ann) = (room("readback"), alias("ann"));
     let first = service
         .send(None, group_request(&r, &ann, "first"))

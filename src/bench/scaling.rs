@@ -6,9 +6,10 @@
 //! a new user would; at each step: room creations per second, acked sends per second at
 //! concurrency 32 spread over every room, send→stored p50 at 100 sends/s spread the same way,
 //! and the service's RSS. At the largest count the closed-loop rounds take turns with rounds
-//! over the smallest count's rooms, the baseline the largest is judged against. Last, the service is restarted on the same back ends and timed until
-//! `/readyz` answers 200 (with every room's consumer subscribed). Afterwards every queue,
-//! exchange and the database the run made are removed.
+//! over the smallest count's rooms, the baseline the largest is judged against. Last, the
+//! service is restarted on the same back ends and timed until `/readyz` answers 200 (with every
+//! room's consumer subscribed). Afterwards every queue, exchange and the database the run made
+//! are removed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -473,10 +474,11 @@ async fn measure(
         cpu_per_creation,
         stored,
         rss_kib: service.rss_kib(),
-        heap_mib: (
-            gauge(http, &service.base, crate::metrics::HEAP_IN_USE).await / MIB,
-            gauge(http, &service.base, crate::metrics::HEAP_FREE).await / MIB,
-        ),
+        heap_mib: {
+            let names = [crate::metrics::HEAP_IN_USE, crate::metrics::HEAP_FREE];
+            let [in_use, free] = gauges(http, &service.base, names).await;
+            (in_use / MIB, free / MIB)
+        },
         alongside,
         errors,
     }
@@ -691,7 +693,7 @@ async fn two_instances(
     phase.finish(&format!("{sent_per_s:.0}/s"));
     let mut numbering = [f64::NAN; 2];
     for (count, service) in numbering.iter_mut().zip(&services) {
-        *count = gauge(http, &service.base, crate::metrics::ROOMS_NUMBERING).await;
+        [*count] = gauges(http, &service.base, [crate::metrics::ROOMS_NUMBERING]).await;
     }
     let [a, b] = services;
     tokio::join!(a.stop(), b.stop());
@@ -706,13 +708,13 @@ async fn two_instances(
 /// Bytes in a MiB.
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// A gauge's value from a service's `/metrics` (NaN if it cannot be read).
-async fn gauge(http: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let Ok(answer) = http.get(format!("{base}/metrics")).send().await else {
-        return f64::NAN;
+/// Gauges' values from one scrape of a service's `/metrics` (NaN where one cannot be read).
+async fn gauges<const N: usize>(http: &reqwest::Client, base: &str, names: [&str; N]) -> [f64; N] {
+    let text = match http.get(format!("{base}/metrics")).send().await {
+        Ok(answer) => answer.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
     };
-    let text = answer.text().await.unwrap_or_default();
-    crate::metrics::value_in(&text, name).unwrap_or(f64::NAN)
+    names.map(|name| crate::metrics::value_in(&text, name).unwrap_or(f64::NAN))
 }
 
 /// Whether `/readyz` answers 200 within `limit`.
